@@ -1,0 +1,138 @@
+"""Accounts (tenants) and their API keys: keys are shown once and stored only as a hash."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from pigeon.clock import utcnow
+from pigeon.db.tables import accounts, api_keys
+from pigeon.errors import NotFound, Unauthorized
+from pigeon.ids import new_object_id, new_token
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    name: str
+    webhook_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    id: str
+    account_id: str
+    key: str
+
+
+def hash_key(key: str) -> str:
+    """The stored form of an API key (keys are high-entropy, so a plain SHA-256 suffices)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_hint(key: str) -> str:
+    """The last characters of a secret, safe to show."""
+    return key[-4:]
+
+
+async def create_account(
+    *, conn: AsyncConnection, name: str, account_id: str | None = None
+) -> Account:
+    """Create a tenant."""
+    account = Account(id=account_id or new_object_id(), name=name, webhook_token=new_token())
+    await conn.execute(
+        accounts.insert().values(
+            id=account.id, name=name, webhook_token=account.webhook_token, created_at=utcnow()
+        )
+    )
+    return account
+
+
+async def list_accounts(*, conn: AsyncConnection) -> list[Account]:
+    """Every tenant, oldest first."""
+    rows = await conn.execute(select(accounts).order_by(accounts.c.created_at, accounts.c.id))
+    return [Account(id=r.id, name=r.name, webhook_token=r.webhook_token) for r in rows]
+
+
+async def get_account(*, conn: AsyncConnection, account_id: str) -> Account:
+    """One tenant, or NotFound."""
+    row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
+    if row is None:
+        raise NotFound(f"account {account_id} not found", code="account_not_found")
+    return Account(id=row.id, name=row.name, webhook_token=row.webhook_token)
+
+
+async def create_key(
+    *, conn: AsyncConnection, account_id: str, key: str | None = None
+) -> CreatedKey:
+    """Create an API key for an account; the clear key is returned here and nowhere else."""
+    await get_account(conn=conn, account_id=account_id)
+    clear = key or new_token()
+    created = CreatedKey(id=f"key_{new_object_id()}", account_id=account_id, key=clear)
+    await conn.execute(
+        api_keys.insert().values(
+            id=created.id,
+            account_id=account_id,
+            key_hash=hash_key(clear),
+            hint=key_hint(clear),
+            created_at=utcnow(),
+        )
+    )
+    return created
+
+
+async def revoke_key(*, conn: AsyncConnection, key_id: str) -> None:
+    """Revoke a key; requests with it answer 401 from then on (within the cache's lifetime)."""
+    result = await conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    if result.rowcount == 0:
+        exists = (await conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id))).first()
+        if exists is None:
+            raise NotFound(f"API key {key_id} not found", code="api_key_not_found")
+
+
+class KeyAuthenticator:
+    """Resolves API keys to account ids, caching answers briefly so revocation lands in ~1 s."""
+
+    def __init__(self, engine: AsyncEngine, *, ttl_seconds: float = 1.0) -> None:
+        self._engine = engine
+        self._ttl = ttl_seconds
+        self._cache: dict[str, tuple[float, str | None]] = {}
+
+    async def authenticate(self, key: str | None) -> str:
+        """The account id the key belongs to; Unauthorized when missing, unknown or revoked."""
+        if not key:
+            raise Unauthorized(
+                "missing API key: send it in the x-api-key header", code="missing_api_key"
+            )
+        digest = hash_key(key)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            account_id = cached[1]
+        else:
+            account_id = await self._lookup(digest)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + self._ttl, account_id)
+        if account_id is None:
+            raise Unauthorized("invalid or revoked API key", code="invalid_api_key")
+        return account_id
+
+    async def _lookup(self, digest: str) -> str | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(api_keys.c.account_id).where(
+                        api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
+                    )
+                )
+            ).first()
+        return None if row is None else str(row.account_id)

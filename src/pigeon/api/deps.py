@@ -1,0 +1,73 @@
+"""Request-scoped pieces: the app's shared state, authentication, guarded writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request, Response
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pigeon.accounts.service import KeyAuthenticator
+from pigeon.config import Settings
+from pigeon.dispatch.worker import Worker
+from pigeon.idempotency.store import IdempotencyStore, check_key
+
+
+@dataclass(slots=True)
+class Services:
+    """What every request may use, built once in the app's lifespan."""
+
+    settings: Settings
+    engine: AsyncEngine
+    auth: KeyAuthenticator
+    idempotency: IdempotencyStore
+    worker: Worker | None = None
+
+
+def services(request: Request[Any, Any, Any]) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def api_key_from(request: Request[Any, Any, Any]) -> str | None:
+    """The key from `x-api-key`, or `Authorization: <key>` / `Authorization: Bearer <key>`."""
+    key = request.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    authorization = request.headers.get("authorization", "").strip()
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip() or None
+    return authorization or None
+
+
+async def provide_account_id(request: Request[Any, Any, Any]) -> str:
+    """Authenticate the request; its account id."""
+    return await services(request).auth.authenticate(api_key_from(request))
+
+
+async def guarded_write(
+    request: Request[Any, Any, Any],
+    account_id: str,
+    action: Any,
+    *,
+    status_code: int = 200,
+) -> Response[bytes]:
+    """Run a POST/PATCH's work in one transaction, honouring its `idempotency-key`."""
+    svc = services(request)
+    key = request.headers.get("idempotency-key")
+    scope = (
+        (account_id, request.method, request.url.path, check_key(key)) if key is not None else None
+    )
+    body = await request.body()
+    result = await svc.idempotency.run(
+        scope=scope, body=body, action=action, status_code=status_code
+    )
+    headers = {"idempotent-replayed": "true"} if result.replayed else None
+    if not result.replayed and svc.worker is not None:
+        svc.worker.wake.set()
+    return Response(
+        content=result.body,
+        status_code=result.status_code,
+        media_type="application/json",
+        headers=headers,
+    )

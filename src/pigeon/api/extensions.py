@@ -1,0 +1,44 @@
+"""/v1/extensions/infobip: the tenant's own Infobip account (the Infobip CDP extension)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Router, delete, get, put
+
+from pigeon.api.deps import services
+from pigeon.extensions import service
+from pigeon.extensions.schemas import InfobipExtension, InfobipExtensionIn
+
+
+@put("/", summary="Enable or reconfigure the Infobip extension")
+async def put_extension(
+    request: Request[Any, Any, Any], account_id: str, data: InfobipExtensionIn
+) -> InfobipExtension:
+    svc = services(request)
+    async with svc.engine.begin() as conn:
+        return await service.put_extension(
+            conn=conn, account_id=account_id, body=data, base_url=svc.settings.base_url
+        )
+
+
+@get("/", summary="Show the Infobip extension (API key masked) and its webhook URLs")
+async def get_extension(request: Request[Any, Any, Any], account_id: str) -> InfobipExtension:
+    svc = services(request)
+    async with svc.engine.connect() as conn:
+        return await service.get_extension(
+            conn=conn, account_id=account_id, base_url=svc.settings.base_url
+        )
+
+
+@delete("/", summary="Disable the Infobip extension")
+async def delete_extension(request: Request[Any, Any, Any], account_id: str) -> None:
+    async with services(request).engine.begin() as conn:
+        await service.delete_extension(conn=conn, account_id=account_id)
+
+
+router = Router(
+    "/v1/extensions/infobip",
+    route_handlers=[put_extension, get_extension, delete_extension],
+    tags=["Infobip extension"],
+)

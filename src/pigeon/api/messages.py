@@ -1,0 +1,189 @@
+"""Sending (/v1/users/{id}/message/*, /v1/identities/{id}/person/message/*, /v1/apps/message/*)
+and reading back (/v1/messages)."""
+
+# The send handlers are built by factories; each sets its real body type on `data` so that
+# Litestar validates and documents it (no `from __future__ import annotations` here).
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from litestar import Request, Response, Router, get, post
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pigeon.api.deps import guarded_write, services
+from pigeon.messages import query, service
+from pigeon.messages.schemas import (
+    AppEmailMessageIn,
+    AppTextMessageIn,
+    Channel,
+    EmailMessageIn,
+    Message,
+    MessageList,
+    SendResponse,
+    TextMessageIn,
+)
+from pigeon.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+SEND_RESPONSES = {200: ResponseSpec(SendResponse, description="Message processing status")}
+TEXT_CHANNELS: tuple[Channel, ...] = ("sms", "whatsapp")
+
+
+def _accepting(
+    request: Request[Any, Any, Any], account_id: str, draft: Callable[..., Any]
+) -> Awaitable[Response[bytes]]:
+    async def action(conn: AsyncConnection) -> SendResponse:
+        return await service.accept(conn=conn, draft=await draft(conn))
+
+    return guarded_write(request, account_id, action)
+
+
+def user_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
+    """POST /v1/users/{id}/message/{channel}."""
+
+    async def send(
+        request: Request[Any, Any, Any], account_id: str, user_id: str, data: Any
+    ) -> Response[bytes]:
+        async def draft(conn: AsyncConnection) -> service.Draft:
+            return await service.draft_for_user(
+                conn=conn,
+                settings=services(request).settings,
+                account_id=account_id,
+                user_id=user_id,
+                channel=channel,
+                content=data.content,
+            )
+
+        return await _accepting(request, account_id, draft)
+
+    send.__annotations__["data"] = body
+    return post(
+        f"/v1/users/{{user_id:str}}/message/{channel}",
+        status_code=200,
+        responses=SEND_RESPONSES,
+        operation_id=f"sendUser{channel.title()}",
+        summary=f"Send {channel} to a User",
+        description=f"Sent to the User's channel.{channel}, from the platform's account.",
+        tags=["Messaging"],
+    )(send)
+
+
+def person_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
+    """POST /v1/identities/{id}/person/message/{channel}."""
+
+    async def send(
+        request: Request[Any, Any, Any], account_id: str, identity_id: str, data: Any
+    ) -> Response[bytes]:
+        async def draft(conn: AsyncConnection) -> service.Draft:
+            return await service.draft_for_person(
+                conn=conn,
+                settings=services(request).settings,
+                account_id=account_id,
+                identity_id=identity_id,
+                channel=channel,
+                content=data.content,
+            )
+
+        return await _accepting(request, account_id, draft)
+
+    send.__annotations__["data"] = body
+    field = "email[0].address" if channel == "email" else "phone[0].number"
+    return post(
+        f"/v1/identities/{{identity_id:str}}/person/message/{channel}",
+        status_code=200,
+        responses=SEND_RESPONSES,
+        operation_id=f"sendPerson{channel.title()}",
+        summary=f"Send {channel} to a Person",
+        description=f"Sent to person.contactInformation.{field}, from the tenant's Infobip "
+        "account (the Infobip extension must be enabled).",
+        tags=["Messaging"],
+    )(send)
+
+
+def app_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
+    """POST /v1/apps/message/{channel}: a recipient who is not on-boarded."""
+
+    async def send(request: Request[Any, Any, Any], account_id: str, data: Any) -> Response[bytes]:
+        async def draft(conn: AsyncConnection) -> service.Draft:
+            return await service.draft_for_app(
+                conn=conn,
+                settings=services(request).settings,
+                account_id=account_id,
+                to=data.to,
+                channel=channel,
+                content=data.content,
+            )
+
+        return await _accepting(request, account_id, draft)
+
+    send.__annotations__["data"] = body
+    return post(
+        f"/v1/apps/message/{channel}",
+        status_code=200,
+        responses=SEND_RESPONSES,
+        operation_id=f"sendApp{channel.title()}",
+        summary=f"Send {channel} to any destination",
+        description="Sent from the platform's account to `to`.",
+        tags=["Messaging"],
+    )(send)
+
+
+Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="page size")]
+
+
+@get(
+    "/v1/messages/{message_id:str}",
+    summary="Get a message with its status history",
+    tags=["Messages"],
+)
+async def get_message(request: Request[Any, Any, Any], account_id: str, message_id: str) -> Message:
+    async with services(request).engine.connect() as conn:
+        return await query.get_message(conn=conn, account_id=account_id, message_id=message_id)
+
+
+@get("/v1/messages", summary="List messages, newest first", tags=["Messages"])
+async def list_messages(
+    request: Request[Any, Any, Any],
+    account_id: str,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: str | None = None,
+    channel: str | None = None,
+    status: Annotated[
+        str | None, Parameter(description="a group (DELIVERED) or status name (PENDING_ENROUTE)")
+    ] = None,
+    recipient: Annotated[
+        str | None, Parameter(description="a user or identity id, or a destination")
+    ] = None,
+    since: Annotated[datetime | None, Parameter(query="from")] = None,
+    until: Annotated[datetime | None, Parameter(query="to")] = None,
+) -> MessageList:
+    async with services(request).engine.connect() as conn:
+        return await query.list_messages(
+            conn=conn,
+            account_id=account_id,
+            limit=limit,
+            cursor=cursor,
+            channel=channel,
+            status=status,
+            recipient=recipient,
+            since=since,
+            until=until,
+        )
+
+
+def _bodies(channel: Channel) -> tuple[type[Any], type[Any]]:
+    if channel == "email":
+        return EmailMessageIn, AppEmailMessageIn
+    return TextMessageIn, AppTextMessageIn
+
+
+send_handlers = [
+    factory(channel, _bodies(channel)[1 if factory is app_send_handler else 0])
+    for channel in ("sms", "whatsapp", "email")
+    for factory in (user_send_handler, person_send_handler, app_send_handler)
+]
+
+router = Router("/", route_handlers=[*send_handlers, get_message, list_messages])

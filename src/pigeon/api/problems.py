@@ -1,0 +1,127 @@
+"""Every error leaves as RFC 9457 problem details with a stable `code`: mapped here, once."""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+
+from pigeon.errors import PigeonError
+
+log = structlog.get_logger("pigeon.api")
+PROBLEM_JSON = "application/problem+json"
+_BACKTICKED = re.compile(r"`([^`]+)`")
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[bytes]:
+    """A problem-details response."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    if errors:
+        body["errors"] = errors
+    return Response(
+        content=msgspec.json.encode(body),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def handle_pigeon_error(request: Request[Any, Any, Any], exc: PigeonError) -> Response[bytes]:
+    return problem(
+        exc.status,
+        exc.code,
+        exc.detail,
+        instance=request.url.path,
+        errors=exc.errors,
+        headers=exc.headers,
+    )
+
+
+def _field_errors(extra: Any) -> list[dict[str, str]]:
+    errors = []
+    for item in extra if isinstance(extra, list) else []:
+        key = str(item.get("key") or "")
+        message = str(item.get("message") or "invalid")
+        field = "" if key == "data" else key.removeprefix("data.")
+        named = _BACKTICKED.search(message)
+        if named and ("unknown field" in message or "missing required field" in message):
+            field = f"{field}.{named.group(1)}" if field else named.group(1)
+            message = "unknown field" if "unknown field" in message else "required"
+        if message == "'data'":
+            field, message = "body", "a JSON request body is required"
+        errors.append({"field": field or "body", "message": message})
+    return errors
+
+
+def _hint(path: str, errors: list[dict[str, str]]) -> str:
+    email_fields = {"content.subject", "content.html"}
+    if path.endswith(("/sms", "/whatsapp")) and any(e["field"] in email_fields for e in errors):
+        return f" (did you mean {path.rsplit('/', 1)[0]}/email?)"
+    return ""
+
+
+def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    path = request.url.path
+    if isinstance(exc, ValidationException):
+        errors = _field_errors(exc.extra)
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or exc.detail
+        return problem(
+            422, "validation_error", summary + _hint(path, errors), instance=path, errors=errors
+        )
+    if isinstance(exc.__cause__, SerializationException):
+        return problem(
+            400,
+            "malformed_json",
+            f"the request body is not valid JSON: {exc.detail}",
+            instance=path,
+        )
+    code = {
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        415: "unsupported_media_type",
+        401: "unauthorized",
+    }.get(exc.status_code, "http_error")
+    detail = str(exc.detail) or HTTPStatus(exc.status_code).phrase
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route {request.method} {path}"
+    headers = dict(exc.headers) if exc.headers else None
+    return problem(exc.status_code, code, detail, instance=path, headers=headers)
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.exception("unhandled error", path=request.url.path, method=request.method)
+    return problem(
+        500,
+        "internal_error",
+        "an unexpected error occurred; it has been logged",
+        instance=request.url.path,
+    )
+
+
+EXCEPTION_HANDLERS: Any = {
+    PigeonError: handle_pigeon_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,40 @@
+"""/v1/webhooks/infobip/{owner}/{token}/...: what Infobip posts back to us."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Router, post
+
+from pigeon.api.deps import services
+from pigeon.webhooks import service
+from pigeon.webhooks.schemas import DeliveryReports, InboundMessages, WebhookAnswer
+
+
+@post(
+    "/{owner:str}/{token:str}/inbound",
+    status_code=200,
+    summary="Inbound WhatsApp messages (Infobip's inbound format)",
+)
+async def inbound(
+    request: Request[Any, Any, Any], owner: str, token: str, data: InboundMessages
+) -> WebhookAnswer:
+    async with services(request).engine.begin() as conn:
+        await service.authenticate(conn=conn, owner=owner, token=token)
+        return await service.record_inbound(conn=conn, owner=owner, payload=data)
+
+
+@post(
+    "/{owner:str}/{token:str}/reports",
+    status_code=200,
+    summary="Delivery reports (Infobip's SMS, WhatsApp and Email formats)",
+)
+async def reports(
+    request: Request[Any, Any, Any], owner: str, token: str, data: DeliveryReports
+) -> WebhookAnswer:
+    async with services(request).engine.begin() as conn:
+        await service.authenticate(conn=conn, owner=owner, token=token)
+        return await service.apply_reports(conn=conn, owner=owner, payload=data)
+
+
+router = Router("/v1/webhooks/infobip", route_handlers=[inbound, reports], tags=["Webhooks"])

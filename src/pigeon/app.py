@@ -1,0 +1,106 @@
+"""The Litestar application: routers, error handlers, and a lifespan owning engine and worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from litestar import Litestar, Request, Response, get
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from pigeon import __version__
+from pigeon.accounts.service import KeyAuthenticator
+from pigeon.api import extensions, health, identities, messages, users, webhooks
+from pigeon.api.deps import Services, provide_account_id
+from pigeon.api.problems import EXCEPTION_HANDLERS
+from pigeon.config import Settings
+from pigeon.db.engine import create_engine
+from pigeon.dispatch.worker import Worker, make_provider
+from pigeon.idempotency.store import IdempotencyStore
+
+log = structlog.get_logger("pigeon.app")
+
+
+@get("/openapi.json", include_in_schema=False)
+async def openapi_json(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    schema = request.app.openapi_schema.to_schema()
+    return Response(schema, media_type="application/vnd.oai.openapi+json")
+
+
+def create_app(settings: Settings | None = None, *, run_worker: bool | None = None) -> Litestar:
+    """Build the app; the worker runs in-process unless disabled."""
+    settings = settings or Settings()
+    with_worker = settings.worker_enabled if run_worker is None else run_worker
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url)
+        svc = Services(
+            settings=settings,
+            engine=engine,
+            auth=KeyAuthenticator(engine),
+            idempotency=IdempotencyStore(engine, ttl_seconds=settings.idempotency_ttl_seconds),
+        )
+        app.state.services = svc
+        if settings.demo:
+            from pigeon.demo import seed_demo
+
+            await seed_demo(engine, settings)
+        stop = asyncio.Event()
+        worker_task = None
+        if with_worker:
+            svc.worker = Worker(engine, settings, make_provider(settings))
+            worker_task = asyncio.create_task(svc.worker.run(stop))
+        log.info(
+            "pigeon started",
+            database=engine.dialect.name,
+            provider=settings.provider,
+            worker=with_worker,
+            demo=settings.demo,
+        )
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker_task is not None:
+                await worker_task
+            await engine.dispose()
+
+    return Litestar(
+        route_handlers=[
+            users.router,
+            identities.router,
+            messages.router,
+            extensions.router,
+            webhooks.router,
+            health.health,
+            openapi_json,
+        ],
+        dependencies={"account_id": Provide(provide_account_id)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title="Pigeon",
+            version=__version__,
+            description="Orangepill-compatible messaging channels: SMS, WhatsApp and Email to "
+            "Users and Persons.",
+            path="/docs",
+            render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin(path="/scalar")],
+            components=Components(
+                security_schemes={
+                    "apiKey": SecurityScheme(
+                        type="apiKey", name="x-api-key", security_scheme_in="header"
+                    )
+                }
+            ),
+            security=[{"apiKey": []}],
+        ),
+        debug=False,
+        logging_config=None,
+    )

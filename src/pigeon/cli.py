@@ -1,0 +1,228 @@
+"""The `pigeon` command line: serve, worker, db upgrade, accounts, keys, demo, webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pigeon.accounts import service as accounts
+from pigeon.config import Settings
+from pigeon.db.engine import create_engine
+from pigeon.errors import PigeonError
+from pigeon.logging import configure_logging
+
+app = typer.Typer(
+    help="Pigeon: SMS, WhatsApp and Email for Users and Persons.", no_args_is_help=True
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+accounts_app = typer.Typer(help="Accounts (tenants).", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(keys_app, name="keys")
+
+T = TypeVar("T")
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    return settings
+
+
+def _in_transaction(settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def run() -> T:
+        engine = create_engine(settings.database_url)
+        try:
+            async with engine.begin() as conn:
+                return await work(conn)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except PigeonError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _print(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(data))
+    else:
+        for key, value in data.items():
+            typer.echo(f"{key}: {value}")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the database migrations (safe to run again)."""
+    from pigeon.db.migrate import upgrade
+
+    upgrade(_settings())
+    typer.echo("database is up to date")
+
+
+@accounts_app.command("create")
+def accounts_create(name: str, as_json: JsonOption = False) -> None:
+    """Create an account; prints its id and a first API key (shown only once)."""
+
+    async def work(conn: AsyncConnection) -> dict[str, Any]:
+        account = await accounts.create_account(conn=conn, name=name)
+        key = await accounts.create_key(conn=conn, account_id=account.id)
+        return {"account_id": account.id, "name": name, "key_id": key.id, "api_key": key.key}
+
+    _print(_in_transaction(_settings(), work), as_json)
+
+
+@accounts_app.command("list")
+def accounts_list(as_json: JsonOption = False) -> None:
+    """List the accounts."""
+
+    async def work(conn: AsyncConnection) -> list[accounts.Account]:
+        return await accounts.list_accounts(conn=conn)
+
+    rows = _in_transaction(_settings(), work)
+    if as_json:
+        typer.echo(json.dumps([{"account_id": a.id, "name": a.name} for a in rows]))
+        return
+    for account in rows:
+        typer.echo(f"{account.id}  {account.name}")
+
+
+@keys_app.command("create")
+def keys_create(
+    account: Annotated[str, typer.Option("--account", help="The account id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Create an API key for an account (shown only once)."""
+
+    async def work(conn: AsyncConnection) -> dict[str, Any]:
+        key = await accounts.create_key(conn=conn, account_id=account)
+        return {"account_id": account, "key_id": key.id, "api_key": key.key}
+
+    _print(_in_transaction(_settings(), work), as_json)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke an API key by its id."""
+
+    async def work(conn: AsyncConnection) -> None:
+        await accounts.revoke_key(conn=conn, key_id=key_id)
+
+    _in_transaction(_settings(), work)
+    typer.echo(f"revoked {key_id}")
+
+
+@app.command("demo")
+def demo() -> None:
+    """Seed the docs' example tenant (API key AXVubzpwQDU1dzByYM==, which is public)."""
+    from pigeon.demo import DEMO_API_KEY, DEMO_OBJECT_ID, seed_demo
+
+    settings = _settings()
+
+    async def run() -> str:
+        engine = create_engine(settings.database_url)
+        try:
+            return await seed_demo(engine, settings)
+        finally:
+            await engine.dispose()
+
+    account_id = asyncio.run(run())
+    _print(
+        {
+            "account_id": account_id,
+            "api_key": DEMO_API_KEY,
+            "user_id": DEMO_OBJECT_ID,
+            "identity_id": DEMO_OBJECT_ID,
+        },
+        False,
+    )
+
+
+@app.command("webhooks")
+def webhooks() -> None:
+    """Print the platform account's delivery-report and inbound URLs to configure in Infobip."""
+    from pigeon.extensions.service import webhook_urls
+    from pigeon.messages.whatsapp import PLATFORM
+    from pigeon.webhooks.service import platform_webhook_token
+
+    settings = _settings()
+
+    async def work(conn: AsyncConnection) -> str:
+        return await platform_webhook_token(conn=conn)
+
+    urls = webhook_urls(settings.base_url, PLATFORM, _in_transaction(settings, work))
+    _print({"delivery_reports": urls.deliveryReports, "inbound": urls.inbound}, False)
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Overrides PIGEON_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Overrides PIGEON_PORT.")] = None,
+    worker: Annotated[
+        bool, typer.Option("--worker/--no-worker", help="Run the in-process worker.")
+    ] = True,
+    migrate: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Apply migrations first.")
+    ] = True,
+) -> None:
+    """Run the HTTP API (and, by default, the dispatch worker in the same process)."""
+    import uvicorn
+
+    from pigeon.app import create_app
+    from pigeon.db.migrate import upgrade
+
+    settings = _settings()
+    updates: dict[str, Any] = {}
+    if host is not None:
+        updates["host"] = host
+    if port is not None:
+        updates["port"] = port
+    settings = settings.model_copy(update=updates)
+    if migrate:
+        upgrade(settings)
+    uvicorn.run(
+        create_app(settings, run_worker=worker),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@app.command("worker")
+def worker() -> None:
+    """Run only the dispatch worker (stops cleanly on SIGTERM or Ctrl-C)."""
+    from pigeon.dispatch.worker import Worker, make_provider
+
+    settings = _settings()
+
+    async def run() -> None:
+        engine = create_engine(settings.database_url)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await Worker(engine, settings, make_provider(settings)).run(stop)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def main() -> None:
+    """Entry point of the `pigeon` command."""
+    app()

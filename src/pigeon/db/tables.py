@@ -1,0 +1,193 @@
+"""The schema, as SQLAlchemy Core tables: one schema for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every engine (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(24), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("webhook_token", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(24), ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("hint", String(8), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime()),
+)
+
+identities = Table(
+    "identities",
+    metadata,
+    Column("id", String(24), primary_key=True),
+    Column("account_id", String(24), ForeignKey("accounts.id"), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("country", String(2)),
+    Column("currency", String(3)),
+    Column("data", JSON, nullable=False),
+    Column("person", JSON),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_identities_account_id_id", "account_id", "id"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(24), primary_key=True),
+    Column("account_id", String(24), ForeignKey("accounts.id"), nullable=False),
+    Column("username", String(200), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("channel_sms", String(20)),
+    Column("channel_whatsapp", String(20)),
+    Column("channel_email", String(320)),
+    Column("identity_id", String(24), ForeignKey("identities.id", ondelete="SET NULL")),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_users_account_id_id", "account_id", "id"),
+    Index("uq_users_account_id_username", "account_id", "username", unique=True),
+)
+
+infobip_extensions = Table(
+    "infobip_extensions",
+    metadata,
+    Column("account_id", String(24), ForeignKey("accounts.id"), primary_key=True),
+    Column("base_url", String(500), nullable=False),
+    Column("api_key", Text, nullable=False),
+    Column("api_key_hint", String(8), nullable=False),
+    Column("sms_sender", String(100)),
+    Column("whatsapp_sender", String(20)),
+    Column("email_sender", String(320)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+whatsapp_interactions = Table(
+    "whatsapp_interactions",
+    metadata,
+    # owner: "platform" for the operator's number, else the tenant's account id.
+    Column("owner", String(24), primary_key=True),
+    Column("business_number", String(20), primary_key=True),
+    Column("customer_number", String(20), primary_key=True),
+    Column("first_inbound_at", UTCDateTime(), nullable=False),
+    Column("last_inbound_at", UTCDateTime(), nullable=False),
+    Column("last_message", JSON),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(24), ForeignKey("accounts.id"), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("recipient_type", String(8), nullable=False),
+    Column("recipient_id", String(24)),
+    Column("destination", String(320), nullable=False),
+    # route: "platform" (the operator's provider account) or "tenant" (the Infobip extension).
+    Column("route", String(8), nullable=False),
+    Column("sender", String(320)),
+    Column("content", JSON, nullable=False),
+    Column("status_id", Integer, nullable=False),
+    Column("group_id", Integer, nullable=False),
+    Column("error", JSON),
+    Column("provider", String(16)),
+    Column("provider_message_id", String(100)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("sent_at", UTCDateTime()),
+    Column("done_at", UTCDateTime()),
+    Index("ix_messages_account_id_id", "account_id", "id"),
+    Index("ix_messages_status_id_next_attempt_at", "status_id", "next_attempt_at"),
+    Index("ix_messages_provider_message_id", "provider_message_id"),
+)
+
+message_events = Table(
+    "message_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(32), ForeignKey("messages.id"), nullable=False, index=True),
+    Column("status_id", Integer, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("detail", JSON),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("account_id", String(24), primary_key=True),
+    Column("method", String(8), primary_key=True),
+    Column("path", String(500), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response_body", Text, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
+)
+
+platform_state = Table(
+    "platform_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)

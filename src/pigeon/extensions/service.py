@@ -1,0 +1,145 @@
+"""The Infobip CDP extension: a tenant's own Infobip account for messaging its Persons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.utils import parseaddr
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import Row, delete, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pigeon.accounts.service import get_account, key_hint
+from pigeon.clock import utcnow
+from pigeon.db.tables import infobip_extensions
+from pigeon.errors import NotFound, Unprocessable, field_error
+from pigeon.extensions.schemas import InfobipExtension, InfobipExtensionIn, Webhooks
+from pigeon.validation import normalize_email, normalize_phone
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRoute:
+    """What the dispatcher needs to send as the tenant."""
+
+    base_url: str
+    api_key: str
+    sms_sender: str | None
+    whatsapp_sender: str | None
+    email_sender: str | None
+
+
+def webhook_urls(base_url: str, owner: str, token: str) -> Webhooks:
+    """The delivery-report and inbound URLs for one provider account (secret token inside)."""
+    prefix = f"{base_url}/v1/webhooks/infobip/{owner}/{token}"
+    return Webhooks(deliveryReports=f"{prefix}/reports", inbound=f"{prefix}/inbound")
+
+
+def mask(secret: str) -> str:
+    """A secret as it may be shown: only its last four characters."""
+    return f"****{key_hint(secret)}"
+
+
+def _validated(body: InfobipExtensionIn) -> dict[str, Any]:
+    parts = urlsplit(body.baseUrl.strip())
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise field_error("baseUrl", "must be an http(s) URL such as https://xxxxx.api.infobip.com")
+    email_sender = None
+    if body.emailSender:
+        name, address = parseaddr(body.emailSender)
+        normalized = normalize_email(address or body.emailSender, field="emailSender")
+        email_sender = f"{name} <{normalized}>" if name else normalized
+    return {
+        "base_url": body.baseUrl.strip().rstrip("/"),
+        "api_key": body.apiKey,
+        "api_key_hint": key_hint(body.apiKey),
+        "sms_sender": body.smsSender or None,
+        "whatsapp_sender": (
+            normalize_phone(body.whatsappSender, field="whatsappSender")
+            if body.whatsappSender
+            else None
+        ),
+        "email_sender": email_sender,
+    }
+
+
+async def put_extension(
+    *, conn: AsyncConnection, account_id: str, body: InfobipExtensionIn, base_url: str
+) -> InfobipExtension:
+    """Enable the extension, or replace its configuration."""
+    values = _validated(body)
+    now = utcnow()
+    existing = await _row(conn, account_id)
+    if existing is None:
+        await conn.execute(
+            infobip_extensions.insert().values(
+                account_id=account_id, created_at=now, updated_at=now, **values
+            )
+        )
+    else:
+        await conn.execute(
+            infobip_extensions.update()
+            .where(infobip_extensions.c.account_id == account_id)
+            .values(updated_at=now, **values)
+        )
+    return await get_extension(conn=conn, account_id=account_id, base_url=base_url)
+
+
+async def _row(conn: AsyncConnection, account_id: str) -> Row[Any] | None:
+    query = select(infobip_extensions).where(infobip_extensions.c.account_id == account_id)
+    return (await conn.execute(query)).first()
+
+
+def _not_enabled() -> NotFound:
+    return NotFound(
+        "the Infobip extension is not enabled for this account: PUT /v1/extensions/infobip",
+        code="infobip_extension_not_enabled",
+    )
+
+
+async def get_extension(
+    *, conn: AsyncConnection, account_id: str, base_url: str
+) -> InfobipExtension:
+    """The extension as the tenant may see it: key masked, webhook URLs included."""
+    row = await _row(conn, account_id)
+    if row is None:
+        raise _not_enabled()
+    account = await get_account(conn=conn, account_id=account_id)
+    return InfobipExtension(
+        enabled=True,
+        baseUrl=row.base_url,
+        apiKey=f"****{row.api_key_hint}",
+        smsSender=row.sms_sender,
+        whatsappSender=row.whatsapp_sender,
+        emailSender=row.email_sender,
+        webhooks=webhook_urls(base_url, account.id, account.webhook_token),
+        createdAt=row.created_at,
+        updatedAt=row.updated_at,
+    )
+
+
+async def delete_extension(*, conn: AsyncConnection, account_id: str) -> None:
+    """Disable the extension; Persons can no longer be messaged."""
+    result = await conn.execute(
+        delete(infobip_extensions).where(infobip_extensions.c.account_id == account_id)
+    )
+    if result.rowcount == 0:
+        raise _not_enabled()
+
+
+async def tenant_route(*, conn: AsyncConnection, account_id: str) -> TenantRoute:
+    """The tenant's sending account; a 422 saying so when the extension is off."""
+    row = await _row(conn, account_id)
+    if row is None:
+        raise Unprocessable(
+            "messaging Persons needs the Infobip extension: enable it with "
+            "PUT /v1/extensions/infobip",
+            code="infobip_extension_not_enabled",
+        )
+    return TenantRoute(
+        base_url=row.base_url,
+        api_key=row.api_key,
+        sms_sender=row.sms_sender,
+        whatsapp_sender=row.whatsapp_sender,
+        email_sender=row.email_sender,
+    )

@@ -1,0 +1,112 @@
+"""Reading messages back: one with its full history, or a filtered, paginated list."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pigeon.db.tables import message_events, messages
+from pigeon.errors import NotFound, field_error
+from pigeon.messages.schemas import (
+    CHANNELS,
+    Message,
+    MessageList,
+    MessageSummary,
+    Recipient,
+    StatusEvent,
+)
+from pigeon.messages.status import group_ids_for, status_for
+from pigeon.pagination import decode_cursor, next_cursor
+
+
+def _as_utc(moment: datetime | None) -> datetime | None:
+    """Times without an offset are taken as UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _summary_fields(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "messageId": row.id,
+        "channel": row.channel,
+        "recipient": Recipient(type=row.recipient_type, id=row.recipient_id),
+        "destination": row.destination,
+        "sender": row.sender,
+        "status": status_for(row.status_id, row.group_id),
+        "error": row.error,
+        "attempts": row.attempts,
+        "providerMessageId": row.provider_message_id,
+        "createdAt": row.created_at,
+        "updatedAt": row.updated_at,
+        "sentAt": row.sent_at,
+        "doneAt": row.done_at,
+    }
+
+
+async def get_message(*, conn: AsyncConnection, account_id: str, message_id: str) -> Message:
+    """One of the tenant's messages with its whole status history."""
+    row = None
+    if message_id.isdigit():
+        query = select(messages).where(
+            messages.c.account_id == account_id, messages.c.id == message_id
+        )
+        row = (await conn.execute(query)).first()
+    if row is None:
+        raise NotFound(f"message {message_id} not found", code="message_not_found")
+    events = await conn.execute(
+        select(message_events)
+        .where(message_events.c.message_id == message_id)
+        .order_by(message_events.c.id)
+    )
+    history = [
+        StatusEvent(status=status_for(e.status_id), at=e.at, source=e.source, detail=e.detail)
+        for e in events
+    ]
+    return Message(**_summary_fields(row), content=row.content, history=history)
+
+
+async def list_messages(
+    *,
+    conn: AsyncConnection,
+    account_id: str,
+    limit: int,
+    cursor: str | None,
+    channel: str | None = None,
+    status: str | None = None,
+    recipient: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> MessageList:
+    """A page of the tenant's messages, newest first, filtered."""
+    query = select(messages).where(messages.c.account_id == account_id)
+    if channel is not None:
+        if channel not in CHANNELS:
+            raise field_error("channel", f"must be one of {', '.join(CHANNELS)}")
+        query = query.where(messages.c.channel == channel)
+    if status is not None:
+        resolved = group_ids_for(status)
+        if resolved is None:
+            raise field_error("status", f"{status!r} is neither a status group nor a status name")
+        groups, ids = resolved
+        query = query.where(
+            messages.c.group_id.in_(groups) if groups else messages.c.status_id.in_(ids)
+        )
+    if recipient is not None:
+        query = query.where(
+            or_(messages.c.recipient_id == recipient, messages.c.destination == recipient)
+        )
+    since, until = _as_utc(since), _as_utc(until)
+    if since is not None:
+        query = query.where(messages.c.created_at >= since)
+    if until is not None:
+        query = query.where(messages.c.created_at < until)
+    before = decode_cursor(cursor)
+    if before is not None:
+        query = query.where(messages.c.id < before)
+    rows = (await conn.execute(query.order_by(messages.c.id.desc()).limit(limit))).all()
+    items = [MessageSummary(**_summary_fields(r)) for r in rows]
+    return MessageList(items=items, next_cursor=next_cursor([m.messageId for m in items], limit))

@@ -1,0 +1,84 @@
+"""Applying status changes: idempotent, forward only, each change an event with its payload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pigeon.clock import utcnow
+from pigeon.db.tables import message_events, messages
+from pigeon.messages.status import Status, can_move, status_for
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """A provider's word on one message, normalised, still carrying the raw payload."""
+
+    message_id: str
+    status: Status
+    error: dict[str, Any] | None = None
+    raw: Any = None
+
+
+async def apply_status(
+    *,
+    conn: AsyncConnection,
+    report: StatusReport,
+    source: str,
+    values: dict[str, Any] | None = None,
+) -> bool:
+    """Move a message to the report's status if that is forward; False when nothing changed."""
+    current = (
+        await conn.execute(
+            select(messages.c.status_id, messages.c.group_id).where(
+                messages.c.id == report.message_id
+            )
+        )
+    ).first()
+    if current is None or not can_move(
+        status_for(current.status_id, current.group_id), report.status
+    ):
+        return False
+    now = utcnow()
+    changes: dict[str, Any] = {
+        "status_id": report.status.id,
+        "group_id": report.status.groupId,
+        "updated_at": now,
+        **(values or {}),
+    }
+    if report.error is not None:
+        changes["error"] = report.error
+    if report.status.is_final:
+        changes["done_at"] = now
+        changes["lease_owner"] = None
+        changes["lease_expires_at"] = None
+    # The status we read is part of the condition: a concurrent change wins, this one is dropped.
+    result = await conn.execute(
+        update(messages)
+        .where(messages.c.id == report.message_id, messages.c.status_id == current.status_id)
+        .values(**changes)
+    )
+    if result.rowcount != 1:
+        return False
+    await conn.execute(
+        message_events.insert().values(
+            message_id=report.message_id,
+            status_id=report.status.id,
+            source=source,
+            at=now,
+            detail=_detail(report),
+        )
+    )
+    return True
+
+
+def _detail(report: StatusReport) -> dict[str, Any] | None:
+    detail: dict[str, Any] = {}
+    if report.error is not None:
+        detail["error"] = report.error
+    if report.raw is not None:
+        detail["raw"] = report.raw
+    return detail or None

@@ -1,0 +1,102 @@
+"""Wire shapes of messages: request bodies exactly as documented, Infobip-style answers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from pigeon.messages.status import Status
+
+Channel = Literal["sms", "whatsapp", "email"]
+CHANNELS: tuple[Channel, ...] = ("sms", "whatsapp", "email")
+
+SMS_MAX = 1600
+WHATSAPP_MAX = 4096
+
+
+class TextContent(msgspec.Struct, forbid_unknown_fields=True):
+    """SMS and WhatsApp content: text only."""
+
+    text: Annotated[str, Meta(max_length=WHATSAPP_MAX)]
+
+
+class EmailContent(msgspec.Struct, forbid_unknown_fields=True):
+    """Email content: a subject and an html and/or text body.
+
+    When both bodies are given the email is sent as html, with the text as its plain alternative.
+    """
+
+    subject: Annotated[str, Meta(max_length=998)] | None = None
+    html: Annotated[str, Meta(max_length=1_000_000)] | None = None
+    text: Annotated[str, Meta(max_length=1_000_000)] | None = None
+
+
+class TextMessageIn(msgspec.Struct, forbid_unknown_fields=True):
+    content: TextContent
+
+
+class EmailMessageIn(msgspec.Struct, forbid_unknown_fields=True):
+    content: EmailContent
+
+
+class AppTextMessageIn(msgspec.Struct, forbid_unknown_fields=True):
+    to: Annotated[str, Meta(min_length=1, max_length=320)]
+    content: TextContent
+
+
+class AppEmailMessageIn(msgspec.Struct, forbid_unknown_fields=True):
+    to: Annotated[str, Meta(min_length=1, max_length=320)]
+    content: EmailContent
+
+
+class AcceptedMessage(msgspec.Struct):
+    messageId: str
+    status: Status
+    destination: str
+
+
+class SendResponse(msgspec.Struct):
+    """The documented answer to every send."""
+
+    messages: list[AcceptedMessage]
+
+
+class Recipient(msgspec.Struct):
+    type: Literal["user", "person", "app"]
+    id: str | None
+
+
+class StatusEvent(msgspec.Struct):
+    status: Status
+    at: datetime
+    source: str
+    detail: Any | None = None
+
+
+class MessageSummary(msgspec.Struct):
+    messageId: str
+    channel: Channel
+    recipient: Recipient
+    destination: str
+    sender: str | None
+    status: Status
+    error: dict[str, Any] | None
+    attempts: int
+    providerMessageId: str | None
+    createdAt: datetime
+    updatedAt: datetime
+    sentAt: datetime | None
+    doneAt: datetime | None
+
+
+class Message(MessageSummary):
+    content: dict[str, Any]
+    history: list[StatusEvent]
+
+
+class MessageList(msgspec.Struct):
+    items: list[MessageSummary]
+    next_cursor: str | None

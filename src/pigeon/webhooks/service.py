@@ -1,0 +1,128 @@
+"""Inbound webhooks: authenticate the URL's token, then apply what the provider tells us."""
+
+from __future__ import annotations
+
+import hmac
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import structlog
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pigeon.clock import utcnow
+from pigeon.db.tables import accounts, messages, platform_state
+from pigeon.errors import Unauthorized
+from pigeon.ids import new_token
+from pigeon.messages import whatsapp
+from pigeon.messages.reports import StatusReport, apply_status
+from pigeon.messages.status import Status, status_for
+from pigeon.webhooks.schemas import DeliveryReports, InboundMessages, WebhookAnswer
+
+log = structlog.get_logger("pigeon.webhooks")
+PLATFORM_TOKEN = "platform_webhook_token"  # noqa: S105 - the name of a row, not a secret
+
+
+async def platform_webhook_token(*, conn: AsyncConnection) -> str:
+    """The platform account's webhook token, created on first use."""
+    query = select(platform_state.c.value).where(platform_state.c.name == PLATFORM_TOKEN)
+    token = (await conn.execute(query)).scalar_one_or_none()
+    if token is not None:
+        return str(token)
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                platform_state.insert().values(name=PLATFORM_TOKEN, value=new_token())
+            )
+    except IntegrityError:
+        pass  # another process created it first: use theirs
+    return str((await conn.execute(query)).scalar_one())
+
+
+async def authenticate(*, conn: AsyncConnection, owner: str, token: str) -> None:
+    """Check the URL's token for `owner` ("platform" or an account id) in constant time."""
+    if owner == whatsapp.PLATFORM:
+        expected: str | None = await platform_webhook_token(conn=conn)
+    else:
+        query = select(accounts.c.webhook_token).where(accounts.c.id == owner)
+        expected = (await conn.execute(query)).scalar_one_or_none()
+    if expected is None or not hmac.compare_digest(expected.encode(), token.encode()):
+        raise Unauthorized("unknown webhook URL", code="invalid_webhook_token")
+
+
+def _digits(number: str) -> str:
+    return re.sub(r"\D", "", number)
+
+
+def parse_received_at(value: str | None) -> datetime:
+    """Infobip's timestamps (`2026-11-28T08:00:00.000+0000`); missing or future ones mean now."""
+    now = utcnow()
+    if not value:
+        return now
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            moment = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z")
+        except ValueError:
+            return now
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return min(moment, now)
+
+
+async def record_inbound(
+    *, conn: AsyncConnection, owner: str, payload: InboundMessages
+) -> WebhookAnswer:
+    """Record each inbound WhatsApp message as an interaction opening the 24-hour window."""
+    for item in payload.results:
+        await whatsapp.record_inbound(
+            conn=conn,
+            owner=owner,
+            business_number=_digits(item.to),
+            customer_number=_digits(item.from_),
+            received_at=parse_received_at(item.receivedAt),
+            message=msgspec.to_builtins(item),
+        )
+    log.info("inbound recorded", owner=owner, count=len(payload.results))
+    return WebhookAnswer(received=len(payload.results), applied=len(payload.results))
+
+
+def _reported_status(report: Any) -> Status:
+    known = status_for(report.status.id, report.status.groupId)
+    if report.status.name and report.status.groupName:
+        return Status(
+            report.status.groupId,
+            report.status.groupName,
+            report.status.id,
+            report.status.name,
+            report.status.description or known.description,
+        )
+    return known
+
+
+async def apply_reports(
+    *, conn: AsyncConnection, owner: str, payload: DeliveryReports
+) -> WebhookAnswer:
+    """Apply delivery reports idempotently; ids we do not know are logged, not errors."""
+    applied = unknown = 0
+    for item in payload.results:
+        query = select(messages.c.id).where(
+            or_(messages.c.id == item.messageId, messages.c.provider_message_id == item.messageId)
+        )
+        if owner == whatsapp.PLATFORM:
+            query = query.where(messages.c.route == "platform")
+        else:
+            query = query.where(messages.c.account_id == owner, messages.c.route == "tenant")
+        message_id = (await conn.execute(query.limit(1))).scalar_one_or_none()
+        if message_id is None:
+            unknown += 1
+            log.warning("report for unknown message", owner=owner, message_id=item.messageId)
+            continue
+        error = item.error if item.error and item.error.get("id") not in (0, None) else None
+        report = StatusReport(message_id, _reported_status(item), error, msgspec.to_builtins(item))
+        applied += await apply_status(conn=conn, report=report, source="report")
+    return WebhookAnswer(received=len(payload.results), applied=applied, unknown=unknown)

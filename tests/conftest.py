@@ -1,0 +1,153 @@
+"""Test fixtures: a real Pigeon server over loopback HTTP on a real SQLite file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.factories import Tenant, create_tenant
+
+ROOT = Path(__file__).resolve().parent.parent
+PIGEON = [sys.executable, "-m", "pigeon"]
+DEMO_KEY = "AXVubzpwQDU1dzByYM=="
+DEMO_ID = "634b56217f6a7b0be52dffbd"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A `pigeon serve` process and the environment it was started with."""
+
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [*PIGEON, "serve", *self.extra_args], env=self.env, stdout=log, stderr=log, cwd=ROOT
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"pigeon exited:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"pigeon did not start:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self) -> bool:
+        """SIGTERM, as a supervisor would; True when the shutdown was graceful."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        # uvicorn re-raises the signal after its graceful shutdown, so -SIGTERM is a clean exit.
+        return code in (0, -signal.SIGTERM) and "Application shutdown complete" in (
+            self.log_path.read_text()
+        )
+
+    def cli(self, *args: str) -> str:
+        """Run a `pigeon` CLI command against this server's database."""
+        result = subprocess.run(
+            [*PIGEON, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"pigeon {' '.join(args)} failed: {result.stderr}")
+        return result.stdout
+
+    def client(self, api_key: str | None = None) -> httpx.Client:
+        headers = {"x-api-key": api_key} if api_key else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+
+
+def server_env(tmp: Path, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIGEON_")}
+    env.update(
+        PIGEON_DATABASE_URL=f"sqlite:///{tmp / 'pigeon.db'}",
+        PIGEON_PORT=str(free_port()),
+        PIGEON_DEMO="1",
+        PIGEON_SANDBOX_REPORT_DELAY="0.05",
+        PIGEON_WORKER_POLL_INTERVAL="0.05",
+        PIGEON_LOG_LEVEL="INFO",
+    )
+    env.update(overrides)
+    return env
+
+
+def make_server(tmp: Path, *args: str, **overrides: str) -> Server:
+    env = server_env(tmp, **overrides)
+    return Server(
+        env=env, port=int(env["PIGEON_PORT"]), log_path=tmp / "server.log", extra_args=list(args)
+    )
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One Pigeon (API and in-process worker) for the session, on its own SQLite file."""
+    srv = make_server(tmp_path_factory.mktemp("pigeon"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def tenant(server: Server) -> Tenant:
+    """A fresh account with an API key, isolated from every other test's data."""
+    return create_tenant(server)
+
+
+@pytest.fixture
+def api(server: Server, tenant: Tenant) -> Iterator[httpx.Client]:
+    with server.client(tenant.api_key) as client:
+        yield client
+
+
+@pytest.fixture
+def demo(server: Server) -> Iterator[httpx.Client]:
+    with server.client(DEMO_KEY) as client:
+        yield client
+
+
+def wait_for_final(client: httpx.Client, message_id: str, timeout: float = 10) -> dict[str, Any]:
+    """Poll a message until it reaches a final status group."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = client.get(f"/v1/messages/{message_id}").json()
+        if body["status"]["groupId"] != 1 or time.monotonic() > deadline:
+            return body
+        time.sleep(0.05)

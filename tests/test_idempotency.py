@@ -1,0 +1,134 @@
+"""idempotency-key: a retried request is never sent twice."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+
+from tests.conftest import Server
+from tests.factories import create_tenant, make_user
+
+
+def sms(api: httpx.Client, user_id: str, key: str, text: str = "once") -> httpx.Response:
+    return api.post(
+        f"/v1/users/{user_id}/message/sms",
+        json={"content": {"text": text}},
+        headers={"idempotency-key": key},
+    )
+
+
+def count_messages(api: httpx.Client, user_id: str) -> int:
+    return len(api.get("/v1/messages", params={"recipient": user_id, "limit": 100}).json()["items"])
+
+
+def test_same_key_same_body_replays_and_sends_nothing_again(api: httpx.Client) -> None:
+    user = make_user(api)
+    key = uuid.uuid4().hex
+    first = sms(api, user["id"], key)
+    second = sms(api, user["id"], key)
+    assert first.status_code == second.status_code == 200
+    assert second.content == first.content
+    assert second.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert count_messages(api, user["id"]) == 1
+
+
+def test_replay_ignores_json_key_order_and_whitespace(api: httpx.Client) -> None:
+    user = make_user(api)
+    key = uuid.uuid4().hex
+    url = f"/v1/users/{user['id']}/message/email"
+    first = api.post(
+        url,
+        content=b'{"content": {"subject": "s", "text": "t"}}',
+        headers={"idempotency-key": key, "content-type": "application/json"},
+    )
+    second = api.post(
+        url,
+        content=b'{"content":{"text":"t","subject":"s"}}',
+        headers={"idempotency-key": key, "content-type": "application/json"},
+    )
+    assert second.headers.get("idempotent-replayed") == "true"
+    assert second.json() == first.json()
+
+
+def test_same_key_different_body_is_422(api: httpx.Client) -> None:
+    user = make_user(api)
+    key = uuid.uuid4().hex
+    assert sms(api, user["id"], key, "one").status_code == 200
+    response = sms(api, user["id"], key, "two")
+    assert response.status_code == 422
+    assert response.json()["code"] == "idempotency_key_reused"
+    assert count_messages(api, user["id"]) == 1
+
+
+def test_keys_are_scoped_to_path_and_account(server: Server, api: httpx.Client) -> None:
+    user = make_user(api)
+    other_user = make_user(api)
+    key = "27373fabc392933deffda"
+    first = sms(api, user["id"], key)
+    other_path = sms(api, other_user["id"], key)
+    assert other_path.json()["messages"][0]["messageId"] != first.json()["messages"][0]["messageId"]
+    with server.client(create_tenant(server).api_key) as other_tenant:
+        their_user = make_user(other_tenant)
+        response = sms(other_tenant, their_user["id"], key)
+        assert response.status_code == 200
+        assert "idempotent-replayed" not in response.headers
+
+
+def test_an_error_is_not_remembered(api: httpx.Client) -> None:
+    user = make_user(api, channel={"email": "a@example.com"})
+    key = uuid.uuid4().hex
+    assert sms(api, user["id"], key).status_code == 422
+    api.patch(f"/v1/users/{user['id']}", json={"channel": {"sms": "+385981112223"}})
+    response = sms(api, user["id"], key)
+    assert response.status_code == 200
+    assert "idempotent-replayed" not in response.headers
+
+
+def test_too_long_key_is_422(api: httpx.Client) -> None:
+    user = make_user(api)
+    response = sms(api, user["id"], "k" * 256)
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_idempotency_key"
+    assert sms(api, user["id"], "k" * 255).status_code == 200
+
+
+def test_concurrent_retries_send_once(server: Server, api: httpx.Client) -> None:
+    user = make_user(api)
+    key = uuid.uuid4().hex
+    headers = {"x-api-key": api.headers["x-api-key"], "idempotency-key": key}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as client:
+            return await asyncio.gather(
+                *[
+                    client.post(
+                        f"/v1/users/{user['id']}/message/sms", json={"content": {"text": "burst"}}
+                    )
+                    for _ in range(30)
+                ]
+            )
+
+    responses = asyncio.run(burst())
+    assert {r.status_code for r in responses} <= {200, 409}
+    for response in responses:
+        if response.status_code == 409:
+            assert response.json()["code"] == "idempotency_request_in_flight"
+            assert response.headers["retry-after"] == "1"
+    ids = {r.json()["messages"][0]["messageId"] for r in responses if r.status_code == 200}
+    assert len(ids) == 1
+    assert count_messages(api, user["id"]) == 1
+
+
+def test_patch_is_idempotent_too(api: httpx.Client) -> None:
+    user = make_user(api)
+    key = uuid.uuid4().hex
+    body = {"data": {"n": 1}}
+    first = api.patch(f"/v1/users/{user['id']}", json=body, headers={"idempotency-key": key})
+    api.patch(f"/v1/users/{user['id']}", json={"data": {"n": 2}})
+    replay = api.patch(f"/v1/users/{user['id']}", json=body, headers={"idempotency-key": key})
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.json() == first.json()
+    assert api.get(f"/v1/users/{user['id']}").json()["data"] == {"n": 2}

@@ -1,0 +1,140 @@
+"""Durability across restarts, the standalone worker, and the operator's CLI."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import DEMO_KEY, make_server, wait_for_final
+from tests.factories import create_tenant_with_cli, make_user
+
+
+def queue_messages(client: httpx.Client, count: int) -> list[str]:
+    user = make_user(client)
+    return [
+        client.post(
+            f"/v1/users/{user['id']}/message/sms", json={"content": {"text": f"queued {i}"}}
+        ).json()["messages"][0]["messageId"]
+        for i in range(count)
+    ]
+
+
+def test_messages_queued_before_a_restart_are_delivered_after_it(tmp_path: Path) -> None:
+    api_only = make_server(tmp_path, "--no-worker")
+    api_only.start()
+    try:
+        tenant = create_tenant_with_cli(api_only, "restart")
+        with api_only.client(tenant.api_key) as client:
+            ids = queue_messages(client, 25)
+            time.sleep(0.3)
+            pending = [client.get(f"/v1/messages/{i}").json()["status"]["name"] for i in ids]
+            assert set(pending) == {"PENDING_ACCEPTED"}
+    finally:
+        assert api_only.stop()
+    full = make_server(tmp_path, PIGEON_PORT=str(api_only.port))
+    full.start()
+    try:
+        with full.client(tenant.api_key) as client:
+            finals = [wait_for_final(client, i)["status"]["name"] for i in ids]
+    finally:
+        full.stop()
+    assert finals == ["DELIVERED_TO_HANDSET"] * 25
+
+
+def test_standalone_worker_dispatches_what_the_api_accepted(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    api_only = make_server(tmp_path, "--no-worker")
+    api_only.start()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pigeon", "worker"],
+        env=api_only.env,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "worker.log").open("wb"),
+    )
+    try:
+        with api_only.client(DEMO_KEY) as client:
+            ids = queue_messages(client, 10)
+            finals = {wait_for_final(client, i)["status"]["name"] for i in ids}
+        assert finals == {"DELIVERED_TO_HANDSET"}
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0
+        api_only.stop()
+
+
+def test_cli_accounts_and_keys(tmp_path: Path) -> None:
+    server = make_server(tmp_path)
+    server.start()
+    try:
+        tenant = create_tenant_with_cli(server, "Acme")
+        listed = json.loads(server.cli("accounts", "list", "--json"))
+        assert {"account_id": tenant.account_id, "name": "Acme"} in listed
+        assert tenant.account_id in server.cli("accounts", "list")
+        text = server.cli("keys", "create", "--account", tenant.account_id)
+        second_key = dict(line.split(": ", 1) for line in text.splitlines())["api_key"]
+        with server.client(second_key) as client:
+            assert client.get("/v1/users").status_code == 200
+        server.cli("keys", "revoke", tenant.key_id)
+        deadline = time.monotonic() + 5
+        with server.client(tenant.api_key) as client:
+            while client.get("/v1/users").status_code != 401:
+                assert time.monotonic() < deadline, "revoked key still accepted"
+                time.sleep(0.2)
+        log = (tmp_path / "server.log").read_text()
+        assert tenant.api_key not in log
+        assert second_key not in log
+    finally:
+        server.stop()
+
+
+def test_demo_seeding_twice_changes_nothing(tmp_path: Path) -> None:
+    server = make_server(tmp_path, PIGEON_DEMO="0")
+    server.cli("db", "upgrade")
+    server.cli("demo")
+    database = tmp_path / "pigeon.db"
+
+    def snapshot() -> dict[str, int]:
+        with sqlite3.connect(database) as db:
+            tables = [
+                "accounts",
+                "api_keys",
+                "users",
+                "identities",
+                "infobip_extensions",
+                "whatsapp_interactions",
+            ]
+            return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+
+    first = snapshot()
+    out = server.cli("demo")
+    assert DEMO_KEY in out
+    assert snapshot() == first
+    assert first["users"] == first["identities"] == first["accounts"] == 1
+
+
+def test_openapi_and_docs_are_served(tmp_path: Path) -> None:
+    server = make_server(tmp_path)
+    server.start()
+    try:
+        spec = httpx.get(f"{server.base_url}/openapi.json").json()
+        assert spec["openapi"].startswith("3.")
+        paths = spec["paths"]
+        for path in (
+            "/v1/users/{user_id}/message/sms",
+            "/v1/identities/{identity_id}/person/message/email",
+            "/v1/apps/message/whatsapp",
+            "/v1/messages/{message_id}",
+            "/v1/extensions/infobip",
+        ):
+            assert path in paths, path
+        docs = httpx.get(f"{server.base_url}/docs")
+        assert docs.status_code == 200
+        assert "swagger" in docs.text.lower()
+    finally:
+        server.stop()

@@ -134,3 +134,17 @@ def test_cursor_pagination_visits_each_message_once(api: httpx.Client) -> None:
             break
     assert sorted(seen) == sorted(sent)
     assert seen == sorted(seen, reverse=True)
+
+
+def test_last_full_page_has_no_next_cursor(api: httpx.Client) -> None:
+    user = make_user(api)
+    for i in range(4):
+        api.post(f"/v1/users/{user['id']}/message/sms", json={"content": {"text": str(i)}})
+    first = api.get("/v1/messages", params={"recipient": user["id"], "limit": "2"}).json()
+    assert first["next_cursor"] is not None
+    second = api.get(
+        "/v1/messages",
+        params={"recipient": user["id"], "limit": "2", "cursor": first["next_cursor"]},
+    ).json()
+    assert len(second["items"]) == 2
+    assert second["next_cursor"] is None

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import time
 
+_PROCESS = os.urandom(5).hex()
+_COUNTER = itertools.count(secrets.randbelow(1 << 23))
+
 
 def new_object_id() -> str:
-    """A 24-character lowercase hex id, time-prefixed like a MongoDB ObjectId."""
-    return f"{int(time.time()):08x}{os.urandom(8).hex()}"
+    """A 24-character lowercase hex id laid out like a MongoDB ObjectId.
+
+    Seconds, a per-process random part and a counter: ids made by one process sort in creation
+    order, and two processes never collide.
+    """
+    return f"{int(time.time()):08x}{_PROCESS}{next(_COUNTER) % (1 << 24):06x}"
 
 
 def new_message_id() -> str:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from pigeon.errors import field_error
 
+T = TypeVar("T")
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 
@@ -29,6 +32,9 @@ def decode_cursor(cursor: str | None) -> str | None:
     return value
 
 
-def next_cursor(ids: list[str], limit: int) -> str | None:
-    """The cursor for the next page, or None when this page was the last."""
-    return encode_cursor(ids[-1]) if len(ids) == limit and ids else None
+def split_page(
+    rows: Sequence[T], limit: int, last_id: Callable[[T], str]
+) -> tuple[list[T], str | None]:
+    """Cut `limit + 1` fetched rows into a page and the next page's cursor (None at the end)."""
+    page = list(rows[:limit])
+    return page, encode_cursor(last_id(page[-1])) if len(rows) > limit else None

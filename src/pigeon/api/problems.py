@@ -58,18 +58,34 @@ def handle_pigeon_error(request: Request[Any, Any, Any], exc: PigeonError) -> Re
     )
 
 
-def _field_errors(extra: Any) -> list[dict[str, str]]:
+def _decoded_body(request: Request[Any, Any, Any]) -> Any:
+    """The JSON body Litestar already decoded for this request, if any."""
+    try:
+        from litestar.utils.scope.state import ScopeState
+
+        return ScopeState.from_scope(request.scope).json
+    except (ImportError, AttributeError):  # an internal API: degrade to "the whole body"
+        return None
+
+
+def _field_errors(extra: Any, body: Any) -> list[dict[str, str]]:
     errors = []
     for item in extra if isinstance(extra, list) else []:
         key = str(item.get("key") or "")
         message = str(item.get("message") or "invalid")
-        field = "" if key == "data" else key.removeprefix("data.")
         named = _BACKTICKED.search(message)
         if named and ("unknown field" in message or "missing required field" in message):
-            field = f"{field}.{named.group(1)}" if field else named.group(1)
+            parent = "" if key == "data" else key
+            field = f"{parent}.{named.group(1)}" if parent else named.group(1)
             message = "unknown field" if "unknown field" in message else "required"
-        if message == "'data'":
+        elif message == "'data'":
             field, message = "body", "a JSON request body is required"
+        elif key == "data":
+            # Litestar names both the whole body and a body field called "data" "data": when
+            # the body is an object holding "data", the error is about that field.
+            field = "data" if isinstance(body, dict) and "data" in body else "body"
+        else:
+            field = key
         errors.append({"field": field or "body", "message": message})
     return errors
 
@@ -84,7 +100,7 @@ def _hint(path: str, errors: list[dict[str, str]]) -> str:
 def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     path = request.url.path
     if isinstance(exc, ValidationException):
-        errors = _field_errors(exc.extra)
+        errors = _field_errors(exc.extra, _decoded_body(request))
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or exc.detail
         return problem(
             422, "validation_error", summary + _hint(path, errors), instance=path, errors=errors

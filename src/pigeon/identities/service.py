@@ -23,7 +23,7 @@ from pigeon.identities.schemas import (
     Phone,
 )
 from pigeon.ids import is_object_id, new_object_id
-from pigeon.pagination import decode_cursor, next_cursor
+from pigeon.pagination import decode_cursor, split_page
 from pigeon.validation import normalize_email, normalize_phone
 
 
@@ -125,9 +125,9 @@ async def list_identities(
     after = decode_cursor(cursor)
     if after is not None:
         query = query.where(identities.c.id > after)
-    rows = (await conn.execute(query.order_by(identities.c.id).limit(limit))).all()
-    items = [_identity(r) for r in rows]
-    return IdentityList(items=items, next_cursor=next_cursor([i.id for i in items], limit))
+    rows = (await conn.execute(query.order_by(identities.c.id).limit(limit + 1))).all()
+    page, cursor = split_page(rows, limit, lambda row: str(row.id))
+    return IdentityList(items=[_identity(r) for r in page], next_cursor=cursor)
 
 
 def _merged_person(current: dict[str, Any] | None, patch: Any) -> dict[str, Any] | None:
@@ -156,11 +156,16 @@ async def update_identity(
         values["currency"] = body.currency.upper() if body.currency else None
     if body.data is not UNSET:
         values["data"] = body.data
+    person = row.person
     if body.person is not UNSET:
         _check_person_type(new_type, body.person)
-        values["person"] = _merged_person(row.person, body.person)
-    elif new_type != "person" and row.person is not None:
-        values["person"] = None
+        person = _merged_person(row.person, body.person)
+    if new_type != "person":
+        person = None
+    elif person is None:
+        person = _normalized_person(Person())  # a person always has a (possibly empty) person
+    if person != row.person:
+        values["person"] = person
     if values:
         values["updated_at"] = utcnow()
         await conn.execute(

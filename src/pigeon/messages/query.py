@@ -19,7 +19,7 @@ from pigeon.messages.schemas import (
     StatusEvent,
 )
 from pigeon.messages.status import group_ids_for, status_for
-from pigeon.pagination import decode_cursor, next_cursor
+from pigeon.pagination import decode_cursor, split_page
 
 
 def _as_utc(moment: datetime | None) -> datetime | None:
@@ -107,6 +107,8 @@ async def list_messages(
     before = decode_cursor(cursor)
     if before is not None:
         query = query.where(messages.c.id < before)
-    rows = (await conn.execute(query.order_by(messages.c.id.desc()).limit(limit))).all()
-    items = [MessageSummary(**_summary_fields(r)) for r in rows]
-    return MessageList(items=items, next_cursor=next_cursor([m.messageId for m in items], limit))
+    rows = (await conn.execute(query.order_by(messages.c.id.desc()).limit(limit + 1))).all()
+    page, cursor = split_page(rows, limit, lambda row: str(row.id))
+    return MessageList(
+        items=[MessageSummary(**_summary_fields(r)) for r in page], next_cursor=cursor
+    )

@@ -13,7 +13,7 @@ from pigeon.clock import utcnow
 from pigeon.db.tables import identities, users
 from pigeon.errors import Conflict, NotFound, field_error
 from pigeon.ids import is_object_id, new_object_id
-from pigeon.pagination import decode_cursor, next_cursor
+from pigeon.pagination import decode_cursor, split_page
 from pigeon.users.schemas import Channel, User, UserCreate, UserList, UserUpdate
 from pigeon.validation import normalize_email, normalize_phone
 
@@ -112,9 +112,9 @@ async def list_users(
     after = decode_cursor(cursor)
     if after is not None:
         query = query.where(users.c.id > after)
-    rows = (await conn.execute(query.order_by(users.c.id).limit(limit))).all()
-    items = [_user(r) for r in rows]
-    return UserList(items=items, next_cursor=next_cursor([u.id for u in items], limit))
+    rows = (await conn.execute(query.order_by(users.c.id).limit(limit + 1))).all()
+    page, cursor = split_page(rows, limit, lambda row: str(row.id))
+    return UserList(items=[_user(r) for r in page], next_cursor=cursor)
 
 
 async def update_user(

@@ -21,8 +21,10 @@ run: $(STAMP)
 	$(BIN)/pigeon db upgrade
 	$(BIN)/pigeon serve
 
+# The whole suite runs twice: on SQLite, then on a PostgreSQL server the tests start themselves.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --db=sqlite $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --db=postgresql $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

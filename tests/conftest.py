@@ -1,7 +1,8 @@
-"""Test fixtures: a real Pigeon server over loopback HTTP on a real SQLite file."""
+"""Test fixtures: real Pigeon servers over loopback HTTP on SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -15,7 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from pigeon.db.engine import create_engine
+from tests.databases import Databases
 from tests.factories import Tenant, create_tenant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,10 +99,40 @@ class Server:
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
 
 
+DATABASES = Databases(os.environ.get("PIGEON_TEST_DB", "sqlite"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db",
+        choices=["sqlite", "postgresql"],
+        default=None,
+        help="the database engine every Pigeon under test runs on",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--db"):
+        DATABASES.engine = config.getoption("--db")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"pigeon database engine: {DATABASES.engine}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def databases() -> Iterator[Databases]:
+    """Start the engine's server for the session (nothing to start for SQLite)."""
+    DATABASES.start()
+    yield DATABASES
+    DATABASES.stop()
+
+
 def server_env(tmp: Path, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIGEON_")}
+    if "PIGEON_DATABASE_URL" not in overrides:
+        overrides["PIGEON_DATABASE_URL"] = DATABASES.new_url(tmp)
     env.update(
-        PIGEON_DATABASE_URL=f"sqlite:///{tmp / 'pigeon.db'}",
         PIGEON_PORT=str(free_port()),
         PIGEON_DEMO="1",
         PIGEON_SANDBOX_REPORT_DELAY="0.05",
@@ -117,8 +151,8 @@ def make_server(tmp: Path, *args: str, **overrides: str) -> Server:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One Pigeon (API and in-process worker) for the session, on its own SQLite file."""
+def server(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Iterator[Server]:
+    """One Pigeon (API and in-process worker) for the session, on its own database."""
     srv = make_server(tmp_path_factory.mktemp("pigeon"))
     srv.start()
     yield srv
@@ -151,3 +185,17 @@ def wait_for_final(client: httpx.Client, message_id: str, timeout: float = 10) -
         if body["status"]["groupId"] != 1 or time.monotonic() > deadline:
             return body
         time.sleep(0.05)
+
+
+def count_rows(database_url: str, table: str) -> int:
+    """How many rows a table of a Pigeon database holds."""
+
+    async def count() -> int:
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(count())

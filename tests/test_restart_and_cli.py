@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import DEMO_KEY, make_server, wait_for_final
+from tests.conftest import DEMO_KEY, count_rows, make_server, wait_for_final
 from tests.factories import create_tenant_with_cli, make_user
 
 
@@ -35,7 +34,11 @@ def test_messages_queued_before_a_restart_are_delivered_after_it(tmp_path: Path)
             assert set(pending) == {"PENDING_ACCEPTED"}
     finally:
         assert api_only.stop()
-    full = make_server(tmp_path, PIGEON_PORT=str(api_only.port))
+    full = make_server(
+        tmp_path,
+        PIGEON_PORT=str(api_only.port),
+        PIGEON_DATABASE_URL=api_only.env["PIGEON_DATABASE_URL"],
+    )
     full.start()
     try:
         with full.client(tenant.api_key) as client:
@@ -97,19 +100,17 @@ def test_demo_seeding_twice_changes_nothing(tmp_path: Path) -> None:
     server = make_server(tmp_path, PIGEON_DEMO="0")
     server.cli("db", "upgrade")
     server.cli("demo")
-    database = tmp_path / "pigeon.db"
+    tables = [
+        "accounts",
+        "api_keys",
+        "users",
+        "identities",
+        "infobip_extensions",
+        "whatsapp_interactions",
+    ]
 
     def snapshot() -> dict[str, int]:
-        with sqlite3.connect(database) as db:
-            tables = [
-                "accounts",
-                "api_keys",
-                "users",
-                "identities",
-                "infobip_extensions",
-                "whatsapp_interactions",
-            ]
-            return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+        return {t: count_rows(server.env["PIGEON_DATABASE_URL"], t) for t in tables}
 
     first = snapshot()
     out = server.cli("demo")
@@ -138,3 +139,22 @@ def test_openapi_and_docs_are_served(tmp_path: Path) -> None:
         assert "swagger" in docs.text.lower()
     finally:
         server.stop()
+
+
+def test_two_migration_runs_at_the_same_moment_both_succeed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    server = make_server(tmp_path, PIGEON_DEMO="0")
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pigeon", "db", "upgrade"],
+            env=server.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    results = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], results
+    assert count_rows(server.env["PIGEON_DATABASE_URL"], "alembic_version") == 1

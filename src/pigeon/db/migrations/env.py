@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from pigeon.db.engine import create_engine
@@ -13,7 +14,15 @@ from pigeon.db.tables import metadata
 config = context.config
 
 
+# Any constant will do: it names the lock every `pigeon db upgrade` takes on PostgreSQL.
+MIGRATION_LOCK_ID = 7_406_119_001
+
+
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Concurrent upgrades queue here; each then reads the version the previous one left.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+    # On SQLite the first statement takes the write lock (BEGIN IMMEDIATE): the same effect.
     context.configure(
         connection=connection,
         target_metadata=metadata,

@@ -21,7 +21,7 @@ from pigeon.api.deps import Services, provide_account_id
 from pigeon.api.problems import EXCEPTION_HANDLERS
 from pigeon.config import Settings
 from pigeon.db.engine import create_engine
-from pigeon.dispatch.worker import Worker, make_provider
+from pigeon.dispatch.worker import Worker
 from pigeon.idempotency.store import IdempotencyStore
 
 log = structlog.get_logger("pigeon.app")
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         stop = asyncio.Event()
         worker_task = None
         if with_worker:
-            svc.worker = Worker(engine, settings, make_provider(settings))
+            svc.worker = Worker(engine, settings)
             worker_task = asyncio.create_task(svc.worker.run(stop))
         log.info(
             "pigeon started",
@@ -68,8 +68,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             yield
         finally:
             stop.set()
-            if worker_task is not None:
+            if worker_task is not None and svc.worker is not None:
                 await worker_task
+                await svc.worker.aclose()
             await engine.dispose()
 
     return Litestar(
@@ -104,3 +105,12 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         debug=False,
         logging_config=None,
     )
+
+
+def app_from_environment() -> Litestar:
+    """The app as each `pigeon serve --workers N` process builds it: settings from PIGEON_*."""
+    from pigeon.logging import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    return create_app(settings)

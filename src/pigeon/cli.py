@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -127,7 +128,7 @@ def demo() -> None:
     """Seed the docs' example tenant (API key AXVubzpwQDU1dzByYM==, which is public)."""
     from pigeon.demo import DEMO_API_KEY, DEMO_OBJECT_ID, seed_demo
 
-    settings = _settings()
+    settings = _settings().model_copy(update={"demo": True})
 
     async def run() -> str:
         engine = create_engine(settings.database_url)
@@ -169,8 +170,11 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Overrides PIGEON_HOST.")] = None,
     port: Annotated[int | None, typer.Option(help="Overrides PIGEON_PORT.")] = None,
     worker: Annotated[
-        bool, typer.Option("--worker/--no-worker", help="Run the in-process worker.")
+        bool, typer.Option("--worker/--no-worker", help="Run a dispatch worker in each process.")
     ] = True,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="API processes sharing the port (PostgreSQL).")
+    ] = 1,
     migrate: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Apply migrations first.")
     ] = True,
@@ -182,30 +186,51 @@ def serve(
     from pigeon.db.migrate import upgrade
 
     settings = _settings()
-    updates: dict[str, Any] = {}
+    updates: dict[str, Any] = {"worker_enabled": worker}
     if host is not None:
         updates["host"] = host
     if port is not None:
         updates["port"] = port
     settings = settings.model_copy(update=updates)
+    if workers > 1 and settings.sqlite_path() is not None:
+        typer.echo(
+            "error: --workers > 1 needs PostgreSQL: SQLite allows one writing server process. "
+            "Set PIGEON_DATABASE_URL=postgresql://... or run one process.",
+            err=True,
+        )
+        raise typer.Exit(2)
     if migrate:
         upgrade(settings)
-    uvicorn.run(
-        create_app(settings, run_worker=worker),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=30,
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,
+        "log_config": None,
+        "timeout_graceful_shutdown": 30,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Each process builds its own app from the environment: pass the command line's choices on.
+    os.environ.update(
+        PIGEON_HOST=settings.host,
+        PIGEON_PORT=str(settings.port),
+        PIGEON_WORKER_ENABLED="1" if worker else "0",
     )
+    uvicorn.run("pigeon.app:app_from_environment", factory=True, workers=workers, **options)
 
 
 @app.command("worker")
-def worker() -> None:
+def worker(
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Dispatch loops in this process.")
+    ] = 1,
+) -> None:
     """Run only the dispatch worker (stops cleanly on SIGTERM or Ctrl-C)."""
-    from pigeon.dispatch.worker import Worker, make_provider
+    from pigeon.dispatch.registry import ProviderRegistry
+    from pigeon.dispatch.worker import Worker
 
     settings = _settings()
 
@@ -215,9 +240,12 @@ def worker() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        registry = ProviderRegistry(settings)
+        loops = [Worker(engine, settings, registry) for _ in range(concurrency)]
         try:
-            await Worker(engine, settings, make_provider(settings)).run(stop)
+            await asyncio.gather(*(w.run(stop) for w in loops))
         finally:
+            await registry.aclose()
             await engine.dispose()
 
     asyncio.run(run())

@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/pigeon.db"
@@ -21,8 +21,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     public_url: str | None = None
-    provider: Literal["sandbox"] = "sandbox"
+    provider: Literal["sandbox", "infobip"] = "sandbox"
     demo: bool = False
+    secret_key: SecretStr | None = None
+
+    infobip_base_url: str = ""
+    infobip_api_key: SecretStr = SecretStr("")
 
     sms_sender: str = "Pigeon"
     whatsapp_sender: str = "447860088593"
@@ -48,6 +52,16 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
+
+    @model_validator(mode="after")
+    def _infobip_needs_an_account(self) -> Settings:
+        if self.provider == "infobip" and not (
+            self.infobip_base_url and self.infobip_api_key.get_secret_value()
+        ):
+            raise ValueError(
+                "PIGEON_PROVIDER=infobip needs PIGEON_INFOBIP_BASE_URL and PIGEON_INFOBIP_API_KEY"
+            )
+        return self
 
     @cached_property
     def base_url(self) -> str:

@@ -6,6 +6,7 @@ The demo API key is public: never enable demo mode on a reachable server.
 from __future__ import annotations
 
 from sqlalchemy import Column, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pigeon.accounts.service import create_account, create_key
@@ -38,6 +39,14 @@ async def _exists(conn: AsyncConnection, column: Column[str], value: str) -> boo
 
 async def seed_demo(engine: AsyncEngine, settings: Settings) -> str:
     """Create whatever part of the demo tenant is missing; seeding twice changes nothing."""
+    try:
+        return await _seed(engine, settings)
+    except IntegrityError:
+        # Another process (serve --workers N) seeded at the same moment: what is left is ours.
+        return await _seed(engine, settings)
+
+
+async def _seed(engine: AsyncEngine, settings: Settings) -> str:
     async with engine.begin() as conn:
         if not await _exists(conn, accounts.c.id, DEMO_ACCOUNT_ID):
             await create_account(conn=conn, name="Orangepill demo", account_id=DEMO_ACCOUNT_ID)
@@ -86,7 +95,7 @@ async def seed_demo(engine: AsyncEngine, settings: Settings) -> str:
             await put_extension(
                 conn=conn,
                 account_id=DEMO_ACCOUNT_ID,
-                base_url=settings.base_url,
+                settings=settings,
                 body=InfobipExtensionIn(
                     baseUrl="https://demo.api.infobip.com",
                     apiKey="demo-infobip-api-key",

@@ -18,7 +18,7 @@ async def put_extension(
     svc = services(request)
     async with svc.engine.begin() as conn:
         return await service.put_extension(
-            conn=conn, account_id=account_id, body=data, base_url=svc.settings.base_url
+            conn=conn, account_id=account_id, body=data, settings=svc.settings
         )
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -82,6 +83,10 @@ identities = Table(
     Column("person", JSON),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # The Infobip CDP sync: "pending", "synced" or "failed" (None: never asked to sync).
+    Column("sync_state", String(16)),
+    Column("sync_error", JSON),
+    Column("synced_at", UTCDateTime()),
     Index("ix_identities_account_id_id", "account_id", "id"),
 )
 
@@ -169,6 +174,34 @@ message_events = Table(
     Column("source", String(16), nullable=False),
     Column("at", UTCDateTime(), nullable=False),
     Column("detail", JSON),
+)
+
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(32), ForeignKey("messages.id"), nullable=False, index=True),
+    Column("worker_id", String(64), nullable=False),
+    Column("provider", String(16), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("duration_ms", Float),
+    # accepted, rejected, transient, or skipped (the provider had it already: not sent again)
+    Column("outcome", String(16), nullable=False),
+    Column("http_status", Integer),
+    Column("response", Text),
+    Column("error", JSON),
+)
+
+cdp_sync_jobs = Table(
+    "cdp_sync_jobs",
+    metadata,
+    Column("identity_id", String(24), primary_key=True),
+    Column("account_id", String(24), ForeignKey("accounts.id"), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False, index=True),
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
 )
 
 idempotency_keys = Table(

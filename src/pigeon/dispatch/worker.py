@@ -11,18 +11,26 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pigeon.clock import utcnow
 from pigeon.config import Settings
-from pigeon.db.tables import idempotency_keys, messages
+from pigeon.db.tables import delivery_attempts, idempotency_keys, messages
 from pigeon.dispatch.backoff import retry_delay
+from pigeon.dispatch.claims import claim_due_messages
+from pigeon.dispatch.registry import ProviderRegistry
 from pigeon.ids import new_token
 from pigeon.messages import status
 from pigeon.messages.reports import StatusReport, apply_status
-from pigeon.providers.base import Outbound, Provider, SendOutcome, TransientError
-from pigeon.providers.sandbox import SandboxProvider
+from pigeon.messages.whatsapp import PLATFORM
+from pigeon.providers.base import (
+    Outbound,
+    PermanentError,
+    ProviderError,
+    SendOutcome,
+    TransientError,
+)
 
 log = structlog.get_logger("pigeon.worker")
 
@@ -35,10 +43,16 @@ STUCK_ERROR = {
     "description": "Message was not delivered within its validity period",
     "permanent": False,
 }
+NO_ACCOUNT_ERROR = {
+    "id": "NO_PROVIDER_ACCOUNT",
+    "name": "NO_PROVIDER_ACCOUNT",
+    "description": "the tenant's Infobip extension was disabled before the message was sent",
+    "permanent": True,
+}
 
 
 async def _first_of(*events: asyncio.Event, within: float) -> None:
-    """Wait until any of the events is set, or the timeout passes."""
+    """Wait until any of the events is set, or the time passes."""
     waiters = [asyncio.ensure_future(event.wait()) for event in events]
     try:
         await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
@@ -47,30 +61,45 @@ async def _first_of(*events: asyncio.Event, within: float) -> None:
             waiter.cancel()
 
 
-def make_provider(settings: Settings) -> Provider:
-    """The provider the settings select."""
-    return SandboxProvider(report_delay=settings.sandbox_report_delay)
+def _outcomes_for_error(batch: Sequence[Outbound], exc: ProviderError) -> list[SendOutcome]:
+    """A whole-request failure, as one outcome per message."""
+    error = exc.error or {"description": exc.reason, "permanent": isinstance(exc, PermanentError)}
+    if isinstance(exc, TransientError):
+        return [
+            SendOutcome(
+                m.message_id,
+                status.ACCEPTED,
+                error=error,
+                call=exc.call,
+                transient=True,
+                retry_after=exc.retry_after,
+            )
+            for m in batch
+        ]
+    return [SendOutcome(m.message_id, status.REJECTED, error=error, call=exc.call) for m in batch]
 
 
 class Worker:
     """Runs dispatch rounds until told to stop; wakes early when a message is accepted."""
 
-    def __init__(self, engine: AsyncEngine, settings: Settings, provider: Provider) -> None:
+    def __init__(
+        self, engine: AsyncEngine, settings: Settings, registry: ProviderRegistry | None = None
+    ) -> None:
         self.engine = engine
         self.settings = settings
-        self.provider = provider
+        self.registry = registry or ProviderRegistry(settings)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_token(4)}"
         self.wake = asyncio.Event()
         self._last_housekeeping = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set; the round in progress always finishes."""
-        log.info("worker started", worker=self.worker_id, provider=self.provider.name)
+        log.info("worker started", worker=self.worker_id, provider=self.settings.provider)
         while not stop.is_set():
             try:
                 busy = await self.run_once()
             except Exception:
-                log.exception("dispatch round failed")
+                log.exception("dispatch round failed", worker=self.worker_id)
                 busy = False
             if not busy:
                 self.wake.clear()
@@ -78,140 +107,180 @@ class Worker:
         log.info("worker stopped", worker=self.worker_id)
 
     async def run_once(self) -> bool:
-        """One round: housekeeping when due, reports, then one claimed batch. True if busy."""
+        """One round: housekeeping when due, polled reports, one claimed batch. True if busy."""
         loop_time = asyncio.get_running_loop().time()
         if loop_time - self._last_housekeeping >= HOUSEKEEPING_EVERY:
             self._last_housekeeping = loop_time
             await self.housekeeping()
-        async with self.engine.begin() as conn:
-            reports = await self.provider.poll_reports(conn=conn)
-            for report in reports:
-                await apply_status(conn=conn, report=report, source="report")
-        batch = await self.claim_due_messages()
-        if batch:
-            await self.dispatch(batch)
-        return bool(batch) or bool(reports)
-
-    async def claim_due_messages(self) -> list[Outbound]:
-        """Lease a batch of due messages to this worker (SKIP LOCKED where the engine has it)."""
-        now = utcnow()
-        due = (
-            select(messages.c.id)
-            .where(
-                messages.c.status_id == status.ACCEPTED.id,
-                messages.c.next_attempt_at <= now,
-                or_(messages.c.lease_expires_at.is_(None), messages.c.lease_expires_at < now),
-            )
-            .order_by(messages.c.next_attempt_at)
-            .limit(self.settings.worker_batch_size)
-            .with_for_update(skip_locked=True)
+        reports = await self.poll_reports()
+        claimed = await claim_due_messages(
+            self.engine,
+            worker_id=self.worker_id,
+            limit=self.settings.worker_batch_size,
+            lease_seconds=self.settings.worker_lease_seconds,
         )
-        lease_until = now + timedelta(seconds=self.settings.worker_lease_seconds)
-        async with self.engine.begin() as conn:
-            rows = await conn.execute(
-                update(messages)
-                .where(messages.c.id.in_(due.scalar_subquery()))
-                .values(lease_owner=self.worker_id, lease_expires_at=lease_until)
-                .returning(
-                    messages.c.id,
-                    messages.c.account_id,
-                    messages.c.channel,
-                    messages.c.destination,
-                    messages.c.sender,
-                    messages.c.content,
-                    messages.c.route,
-                )
-            )
-            return [
-                Outbound(r.id, r.account_id, r.channel, r.destination, r.sender, r.content, r.route)
-                for r in rows
+        if claimed:
+            await self.dispatch(claimed)
+        return bool(claimed) or reports > 0
+
+    async def poll_reports(self) -> int:
+        """Apply reports from providers that have no webhooks (the sandbox)."""
+        applied = 0
+        for provider in self.registry.polling():
+            async with self.engine.begin() as conn:
+                for report in await provider.poll_reports(conn=conn):
+                    applied += await apply_status(conn=conn, report=report, source="report")
+        return applied
+
+    async def dispatch(self, claimed: Sequence[tuple[Outbound, str | None]]) -> None:
+        """Send claimed messages, one provider call per account and channel, concurrently."""
+        groups: dict[tuple[str, str], list[Outbound]] = defaultdict(list)
+        already_sent: list[tuple[Outbound, str]] = []
+        for message, provider_message_id in claimed:
+            if provider_message_id is not None:
+                already_sent.append((message, provider_message_id))
+                continue
+            owner = message.account_id if message.route == "tenant" else PLATFORM
+            groups[(owner, message.channel)].append(message)
+        if already_sent:
+            await self._move_on(already_sent)
+        await asyncio.gather(
+            *(self._send_group(owner, group) for (owner, _), group in groups.items())
+        )
+
+    async def _send_group(self, owner: str, group: list[Outbound]) -> None:
+        async with self.engine.connect() as conn:
+            provider = await self.registry.for_owner(conn=conn, owner=owner)
+        if provider is None:
+            outcomes = [
+                SendOutcome(m.message_id, status.REJECTED, error=NO_ACCOUNT_ERROR) for m in group
             ]
-
-    async def dispatch(self, batch: Sequence[Outbound]) -> None:
-        """Send claimed messages, grouped so each provider call is one account and channel."""
-        groups: dict[tuple[str, str, str], list[Outbound]] = defaultdict(list)
-        for message in batch:
-            owner = message.account_id if message.route == "tenant" else "platform"
-            groups[(owner, message.channel, message.route)].append(message)
-        for group in groups.values():
-            await self._send_group(group)
-
-    async def _send_group(self, group: list[Outbound]) -> None:
-        try:
-            outcomes = await self.provider.send(group)
-        except TransientError as exc:
-            log.warning(
-                "provider unavailable",
-                provider=self.provider.name,
-                count=len(group),
-                reason=str(exc),
-                retry_after=exc.retry_after,
-            )
-            await self._retry_later(group, reason=str(exc), retry_after=exc.retry_after)
+            await self._record(group, outcomes, provider_name="none")
             return
-        async with self.engine.begin() as conn:
-            for outcome in outcomes:
-                await self._record(conn, outcome)
+        try:
+            outcomes = await provider.send(group)
+        except ProviderError as exc:
+            log.warning(
+                "provider refused a batch",
+                provider=provider.name,
+                owner=owner,
+                count=len(group),
+                reason=exc.reason,
+                transient=isinstance(exc, TransientError),
+            )
+            outcomes = _outcomes_for_error(group, exc)
+        await self._record(group, outcomes, provider_name=provider.name)
         log.info(
             "batch sent",
-            provider=self.provider.name,
-            count=len(group),
+            provider=provider.name,
+            owner=owner,
             channel=group[0].channel,
-            route=group[0].route,
+            count=len(group),
+            accepted=sum(not o.transient and not o.status.is_final for o in outcomes),
         )
 
-    async def _record(self, conn: AsyncConnection, outcome: SendOutcome) -> None:
+    async def _record(
+        self, group: Sequence[Outbound], outcomes: Sequence[SendOutcome], *, provider_name: str
+    ) -> None:
+        """One transaction: an attempt row per message, then its new status or its retry."""
         now = utcnow()
+        async with self.engine.begin() as conn:
+            for outcome in outcomes:
+                await conn.execute(
+                    delivery_attempts.insert().values(
+                        message_id=outcome.message_id,
+                        worker_id=self.worker_id,
+                        provider=provider_name,
+                        at=now,
+                        duration_ms=outcome.call.duration_ms if outcome.call else None,
+                        outcome=(
+                            "transient"
+                            if outcome.transient
+                            else "rejected"
+                            if outcome.status.is_final
+                            else "accepted"
+                        ),
+                        http_status=outcome.call.http_status if outcome.call else None,
+                        response=outcome.call.body if outcome.call else None,
+                        error=outcome.error,
+                    )
+                )
+                if outcome.transient:
+                    await self._retry_later(conn, outcome)
+                else:
+                    await self._sent(conn, outcome, provider_name)
+
+    async def _sent(self, conn: AsyncConnection, outcome: SendOutcome, provider_name: str) -> None:
         values: dict[str, Any] = {
-            "provider": self.provider.name,
+            "provider": provider_name,
             "provider_message_id": outcome.provider_message_id,
             "attempts": messages.c.attempts + 1,
-            "sent_at": now,
+            "sent_at": utcnow(),
             "lease_owner": None,
             "lease_expires_at": None,
         }
-        report = StatusReport(outcome.message_id, outcome.status, outcome.error, outcome.raw)
+        # The provider holds it now: en route (whatever pending name it gave), or refused.
+        new_status = outcome.status if outcome.status.is_final else status.ENROUTE
+        report = StatusReport(outcome.message_id, new_status, outcome.error, outcome.raw)
         moved = await apply_status(conn=conn, report=report, source="worker", values=values)
         if not moved:
-            # A report overtook the send (already final): keep the provider's id all the same.
+            # A delivery report overtook the send: keep the provider's id all the same.
             await conn.execute(
                 update(messages).where(messages.c.id == outcome.message_id).values(**values)
             )
 
-    async def _retry_later(
-        self, group: Sequence[Outbound], *, reason: str, retry_after: float | None
-    ) -> None:
+    async def _retry_later(self, conn: AsyncConnection, outcome: SendOutcome) -> None:
         now = utcnow()
+        row = (
+            await conn.execute(
+                select(messages.c.attempts, messages.c.created_at).where(
+                    messages.c.id == outcome.message_id
+                )
+            )
+        ).one()
+        attempts = row.attempts + 1
         validity = timedelta(seconds=self.settings.message_validity_seconds)
+        error = {**(outcome.error or {}), "attempts": attempts}
+        if attempts >= self.settings.max_attempts or now - row.created_at >= validity:
+            report = StatusReport(outcome.message_id, status.EXPIRED, error)
+            await apply_status(
+                conn=conn, report=report, source="worker", values={"attempts": attempts}
+            )
+            return
+        delay = retry_delay(attempts, retry_after=outcome.retry_after)
+        await conn.execute(
+            update(messages)
+            .where(messages.c.id == outcome.message_id)
+            .values(
+                attempts=attempts,
+                error=error,
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=now,
+                next_attempt_at=now + timedelta(seconds=delay),
+            )
+        )
+
+    async def _move_on(self, already_sent: Sequence[tuple[Outbound, str]]) -> None:
+        """Messages the provider accepted before (their id is stored): never send them again."""
         async with self.engine.begin() as conn:
-            for message in group:
-                row = (
-                    await conn.execute(
-                        select(messages.c.attempts, messages.c.created_at).where(
-                            messages.c.id == message.message_id
-                        )
-                    )
-                ).one()
-                attempts = row.attempts + 1
-                error = {"description": reason, "permanent": False, "attempts": attempts}
-                if attempts >= self.settings.max_attempts or now - row.created_at >= validity:
-                    report = StatusReport(message.message_id, status.EXPIRED, error)
-                    await apply_status(
-                        conn=conn, report=report, source="worker", values={"attempts": attempts}
-                    )
-                    continue
-                delay = retry_delay(attempts, retry_after=retry_after)
+            for message, provider_message_id in already_sent:
                 await conn.execute(
-                    update(messages)
-                    .where(messages.c.id == message.message_id)
-                    .values(
-                        attempts=attempts,
-                        error=error,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        updated_at=now,
-                        next_attempt_at=now + timedelta(seconds=delay),
+                    delivery_attempts.insert().values(
+                        message_id=message.message_id,
+                        worker_id=self.worker_id,
+                        provider="-",
+                        at=utcnow(),
+                        outcome="skipped",
+                        error={"description": f"already accepted as {provider_message_id}"},
                     )
+                )
+                report = StatusReport(message.message_id, status.ENROUTE)
+                await apply_status(
+                    conn=conn,
+                    report=report,
+                    source="worker",
+                    values={"lease_owner": None, "lease_expires_at": None},
                 )
 
     async def housekeeping(self) -> None:
@@ -225,13 +294,14 @@ class Worker:
                 .where(
                     messages.c.group_id == status.Group.PENDING,
                     messages.c.created_at < cutoff,
-                    or_(
-                        messages.c.lease_expires_at.is_(None),
-                        and_(messages.c.lease_expires_at < now),
-                    ),
+                    or_(messages.c.lease_expires_at.is_(None), messages.c.lease_expires_at < now),
                 )
                 .limit(1000)
             )
             for row in stuck.all():
                 report = StatusReport(row.id, status.EXPIRED, STUCK_ERROR)
                 await apply_status(conn=conn, report=report, source="housekeeping")
+
+    async def aclose(self) -> None:
+        """Release what the worker holds (the providers' HTTP client)."""
+        await self.registry.aclose()

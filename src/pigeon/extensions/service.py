@@ -12,18 +12,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.accounts.service import get_account, key_hint
 from pigeon.clock import utcnow
+from pigeon.config import Settings
 from pigeon.db.tables import infobip_extensions
 from pigeon.errors import NotFound, Unprocessable, field_error
+from pigeon.extensions.crypto import encrypt_secret
 from pigeon.extensions.schemas import InfobipExtension, InfobipExtensionIn, Webhooks
 from pigeon.validation import normalize_email, normalize_phone
 
 
 @dataclass(frozen=True, slots=True)
 class TenantRoute:
-    """What the dispatcher needs to send as the tenant."""
+    """The tenant's senders, as the accept path needs them."""
 
-    base_url: str
-    api_key: str
     sms_sender: str | None
     whatsapp_sender: str | None
     email_sender: str | None
@@ -35,12 +35,7 @@ def webhook_urls(base_url: str, owner: str, token: str) -> Webhooks:
     return Webhooks(deliveryReports=f"{prefix}/reports", inbound=f"{prefix}/inbound")
 
 
-def mask(secret: str) -> str:
-    """A secret as it may be shown: only its last four characters."""
-    return f"****{key_hint(secret)}"
-
-
-def _validated(body: InfobipExtensionIn) -> dict[str, Any]:
+def _validated(body: InfobipExtensionIn, settings: Settings) -> dict[str, Any]:
     parts = urlsplit(body.baseUrl.strip())
     if parts.scheme not in {"http", "https"} or not parts.netloc:
         raise field_error("baseUrl", "must be an http(s) URL such as https://xxxxx.api.infobip.com")
@@ -51,7 +46,7 @@ def _validated(body: InfobipExtensionIn) -> dict[str, Any]:
         email_sender = f"{name} <{normalized}>" if name else normalized
     return {
         "base_url": body.baseUrl.strip().rstrip("/"),
-        "api_key": body.apiKey,
+        "api_key": encrypt_secret(body.apiKey, settings),
         "api_key_hint": key_hint(body.apiKey),
         "sms_sender": body.smsSender or None,
         "whatsapp_sender": (
@@ -64,10 +59,10 @@ def _validated(body: InfobipExtensionIn) -> dict[str, Any]:
 
 
 async def put_extension(
-    *, conn: AsyncConnection, account_id: str, body: InfobipExtensionIn, base_url: str
+    *, conn: AsyncConnection, account_id: str, body: InfobipExtensionIn, settings: Settings
 ) -> InfobipExtension:
-    """Enable the extension, or replace its configuration."""
-    values = _validated(body)
+    """Enable the extension, or replace its configuration (the API key stored encrypted)."""
+    values = _validated(body, settings)
     now = utcnow()
     existing = await _row(conn, account_id)
     if existing is None:
@@ -82,7 +77,7 @@ async def put_extension(
             .where(infobip_extensions.c.account_id == account_id)
             .values(updated_at=now, **values)
         )
-    return await get_extension(conn=conn, account_id=account_id, base_url=base_url)
+    return await get_extension(conn=conn, account_id=account_id, base_url=settings.base_url)
 
 
 async def _row(conn: AsyncConnection, account_id: str) -> Row[Any] | None:
@@ -137,8 +132,6 @@ async def tenant_route(*, conn: AsyncConnection, account_id: str) -> TenantRoute
             code="infobip_extension_not_enabled",
         )
     return TenantRoute(
-        base_url=row.base_url,
-        api_key=row.api_key,
         sms_sender=row.sms_sender,
         whatsapp_sender=row.whatsapp_sender,
         email_sender=row.email_sender,

@@ -216,7 +216,7 @@ def _status_of(entry: Mapping[str, Any]) -> Status:
 
 
 def _rejection(entry: Mapping[str, Any], found: Status) -> dict[str, Any]:
-    """The error for a destination Infobip rejected inside a 200 answer."""
+    """The error for a destination Infobip refused inside a 2xx answer."""
     raw = entry.get("status")
     said: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
     error: dict[str, Any] = {
@@ -238,7 +238,9 @@ def _accepted(message: Outbound, entry: Mapping[str, Any] | None, reply: _Reply)
     entry = entry or {}
     found = _status_of(entry)
     provider_id = entry.get("messageId")
-    error = _rejection(entry, found) if found.groupId == Group.REJECTED else None
+    # A final status already in the answer (REJECTED, mostly) is a refusal: keep Infobip's words.
+    refused = found.is_final and found.groupId != Group.DELIVERED
+    error = _rejection(entry, found) if refused else None
     return SendOutcome(
         message_id=message.message_id,
         status=found,

@@ -115,7 +115,9 @@ def test_create_person_returns_201_and_the_full_identity(api: httpx.Client) -> N
         "person",
         "created_at",
         "updated_at",
+        "sync",
     }
+    assert identity["sync"] is None  # no Infobip extension: nothing to sync
     assert re.fullmatch(r"[0-9a-f]{24}", identity["id"])
     assert {k: identity[k] for k in body} == body
     assert datetime.fromisoformat(identity["created_at"]).tzinfo is not None

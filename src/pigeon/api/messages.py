@@ -19,12 +19,14 @@ from pigeon.messages import query, service
 from pigeon.messages.schemas import (
     AppEmailMessageIn,
     AppTextMessageIn,
+    AppWhatsAppMessageIn,
     Channel,
     EmailMessageIn,
     Message,
     MessageList,
     SendResponse,
     TextMessageIn,
+    WhatsAppMessageIn,
 )
 from pigeon.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -177,6 +179,8 @@ async def list_messages(
 def _bodies(channel: Channel) -> tuple[type[Any], type[Any]]:
     if channel == "email":
         return EmailMessageIn, AppEmailMessageIn
+    if channel == "whatsapp":
+        return WhatsAppMessageIn, AppWhatsAppMessageIn
     return TextMessageIn, AppTextMessageIn
 
 

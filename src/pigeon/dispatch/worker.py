@@ -18,6 +18,7 @@ from pigeon.clock import utcnow
 from pigeon.config import Settings
 from pigeon.db.tables import delivery_attempts, idempotency_keys, messages
 from pigeon.dispatch.backoff import retry_delay
+from pigeon.dispatch.cdp_sync import run_sync_jobs
 from pigeon.dispatch.claims import claim_due_messages
 from pigeon.dispatch.registry import ProviderRegistry
 from pigeon.ids import new_token
@@ -121,7 +122,10 @@ class Worker:
         )
         if claimed:
             await self.dispatch(claimed)
-        return bool(claimed) or reports > 0
+        synced = await run_sync_jobs(
+            self.engine, self.settings, self.registry, worker_id=self.worker_id
+        )
+        return bool(claimed) or reports > 0 or synced > 0
 
     async def poll_reports(self) -> int:
         """Apply reports from providers that have no webhooks (the sandbox)."""

@@ -59,6 +59,14 @@ class IdentityUpdate(msgspec.Struct, forbid_unknown_fields=True):
     person: PersonPatch | UnsetType | None = UNSET
 
 
+class SyncState(msgspec.Struct):
+    """The Infobip CDP sync of a person: pending, synced or failed (with the last error)."""
+
+    state: Literal["pending", "synced", "failed"]
+    error: dict[str, Any] | None
+    syncedAt: datetime | None
+
+
 class Identity(msgspec.Struct):
     id: str
     type: IdentityType
@@ -68,6 +76,7 @@ class Identity(msgspec.Struct):
     person: Person | None
     created_at: datetime
     updated_at: datetime
+    sync: SyncState | None = None
 
 
 class IdentityList(msgspec.Struct):

@@ -10,7 +10,7 @@ from sqlalchemy import Row, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.clock import utcnow
-from pigeon.db.tables import identities
+from pigeon.db.tables import cdp_sync_jobs, identities
 from pigeon.errors import NotFound, field_error
 from pigeon.identities.schemas import (
     ContactInformation,
@@ -21,7 +21,9 @@ from pigeon.identities.schemas import (
     IdentityUpdate,
     Person,
     Phone,
+    SyncState,
 )
+from pigeon.identities.sync import request_sync, sync_view
 from pigeon.ids import is_object_id, new_object_id
 from pigeon.pagination import decode_cursor, split_page
 from pigeon.validation import normalize_email, normalize_phone
@@ -38,6 +40,7 @@ def _identity(row: Row[Any]) -> Identity:
         person=person,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        sync=msgspec.convert(view, SyncState) if (view := sync_view(row)) else None,
     )
 
 
@@ -107,6 +110,7 @@ async def create_identity(
             updated_at=now,
         )
     )
+    await request_sync(conn=conn, account_id=account_id, identity_id=new_id)
     return await get_identity(conn=conn, account_id=account_id, identity_id=new_id)
 
 
@@ -173,12 +177,14 @@ async def update_identity(
             .where(identities.c.account_id == account_id, identities.c.id == identity_id)
             .values(**values)
         )
+        await request_sync(conn=conn, account_id=account_id, identity_id=identity_id)
     return await get_identity(conn=conn, account_id=account_id, identity_id=identity_id)
 
 
 async def delete_identity(*, conn: AsyncConnection, account_id: str, identity_id: str) -> None:
     """Delete an Identity; Users linked to it lose the link."""
     await get_identity_row(conn=conn, account_id=account_id, identity_id=identity_id)
+    await conn.execute(delete(cdp_sync_jobs).where(cdp_sync_jobs.c.identity_id == identity_id))
     await conn.execute(
         delete(identities).where(
             identities.c.account_id == account_id, identities.c.id == identity_id

@@ -23,6 +23,21 @@ class TextContent(msgspec.Struct, forbid_unknown_fields=True):
     text: Annotated[str, Meta(max_length=WHATSAPP_MAX)]
 
 
+class Template(msgspec.Struct, forbid_unknown_fields=True):
+    """A pre-approved WhatsApp template: how a business writes outside the 24-hour window."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=512)]
+    language: Annotated[str, Meta(min_length=2, max_length=15, examples=["en", "en_GB"])]
+    placeholders: list[str] = msgspec.field(default_factory=list)
+
+
+class WhatsAppContent(msgspec.Struct, forbid_unknown_fields=True):
+    """WhatsApp content: free-form `text`, or a `template` (exactly one of them)."""
+
+    text: Annotated[str, Meta(max_length=WHATSAPP_MAX)] | None = None
+    template: Template | None = None
+
+
 class EmailContent(msgspec.Struct, forbid_unknown_fields=True):
     """Email content: a subject and an html and/or text body.
 
@@ -38,6 +53,10 @@ class TextMessageIn(msgspec.Struct, forbid_unknown_fields=True):
     content: TextContent
 
 
+class WhatsAppMessageIn(msgspec.Struct, forbid_unknown_fields=True):
+    content: WhatsAppContent
+
+
 class EmailMessageIn(msgspec.Struct, forbid_unknown_fields=True):
     content: EmailContent
 
@@ -45,6 +64,11 @@ class EmailMessageIn(msgspec.Struct, forbid_unknown_fields=True):
 class AppTextMessageIn(msgspec.Struct, forbid_unknown_fields=True):
     to: Annotated[str, Meta(min_length=1, max_length=320)]
     content: TextContent
+
+
+class AppWhatsAppMessageIn(msgspec.Struct, forbid_unknown_fields=True):
+    to: Annotated[str, Meta(min_length=1, max_length=320)]
+    content: WhatsAppContent
 
 
 class AppEmailMessageIn(msgspec.Struct, forbid_unknown_fields=True):

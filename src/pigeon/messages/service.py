@@ -24,11 +24,12 @@ from pigeon.messages.schemas import (
     EmailContent,
     SendResponse,
     TextContent,
+    WhatsAppContent,
 )
 from pigeon.users.service import get_user_row
 from pigeon.validation import normalize_email, normalize_phone
 
-Content = TextContent | EmailContent
+Content = TextContent | WhatsAppContent | EmailContent
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,16 @@ class Draft:
 
 def checked_content(channel: Channel, content: Content) -> dict[str, Any]:
     """Validate content beyond its shape: non-empty text; an email needs a subject and a body."""
+    if isinstance(content, WhatsAppContent):
+        if (content.text is None) == (content.template is None):
+            raise Unprocessable(
+                "WhatsApp content takes either text or a template",
+                code="validation_error",
+                errors=[{"field": "content.text", "message": "give text or template, not both"}],
+            )
+        if content.template is not None:
+            return {"template": msgspec.to_builtins(content.template)}
+        content = TextContent(text=content.text or "")
     if isinstance(content, TextContent):
         if not content.text.strip():
             raise field_error("content.text", "must not be empty", code="empty_text")
@@ -100,6 +111,7 @@ async def draft_for_user(
             customer_number=destination,
             window=timedelta(seconds=settings.whatsapp_window_seconds),
             now=utcnow(),
+            template="template" in checked,
         )
     return Draft(
         account_id,
@@ -175,6 +187,7 @@ async def draft_for_person(
             customer_number=destination,
             window=timedelta(seconds=settings.whatsapp_window_seconds),
             now=utcnow(),
+            template="template" in checked,
         )
     return Draft(account_id, channel, "person", identity_id, destination, "tenant", sender, checked)
 
@@ -202,6 +215,7 @@ async def draft_for_app(
             customer_number=destination,
             window=timedelta(seconds=settings.whatsapp_window_seconds),
             now=utcnow(),
+            template="template" in checked,
         )
     return Draft(
         account_id,

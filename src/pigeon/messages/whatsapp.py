@@ -24,8 +24,9 @@ async def check_window(
     customer_number: str,
     window: timedelta,
     now: datetime,
+    template: bool = False,
 ) -> None:
-    """Refuse a free-form WhatsApp message the customer has not opened a window for."""
+    """Refuse a WhatsApp message to someone who never wrote, or free-form text out of window."""
     query = select(whatsapp_interactions.c.last_inbound_at).where(
         whatsapp_interactions.c.owner == owner,
         whatsapp_interactions.c.business_number == business_number,
@@ -38,12 +39,12 @@ async def check_window(
             "WhatsApp lets a business message only people who have contacted it first",
             code="whatsapp_no_interaction",
         )
-    if now - last > window:
+    if not template and now - last > window:
         hours = int(window.total_seconds() // 3600)
         raise Unprocessable(
             f"{customer_number} last wrote to WhatsApp number {business_number} at "
             f"{last.isoformat()}, more than {hours} hours ago: WhatsApp allows free-form "
-            "messages only within 24 hours of the customer's last message",
+            "messages only within 24 hours of the customer's last message; send a template",
             code="whatsapp_window_closed",
         )
 

@@ -108,3 +108,15 @@ class Provider(Protocol):
     async def poll_reports(self, *, conn: AsyncConnection) -> list[StatusReport]:
         """Status reports the provider has for us without a webhook (empty for most)."""
         ...
+
+    async def upsert_person(
+        self,
+        *,
+        external_id: str,
+        first_name: str | None,
+        last_name: str | None,
+        phones: list[str],
+        emails: list[str],
+    ) -> ProviderCall:
+        """Create or update the provider's CRM person for one of our identities (CDP sync)."""
+        ...

@@ -27,7 +27,7 @@ from pigeon.db.tables import messages
 from pigeon.messages import status
 from pigeon.messages.reports import StatusReport
 from pigeon.messages.status import Status
-from pigeon.providers.base import Outbound, SendOutcome
+from pigeon.providers.base import Outbound, ProviderCall, SendOutcome
 
 NO_ERROR = {
     "groupId": 0,
@@ -107,6 +107,7 @@ class SandboxProvider:
 
     def __init__(self, *, report_delay: float) -> None:
         self._delay = timedelta(seconds=report_delay)
+        self.persons: dict[str, dict[str, Any]] = {}
 
     async def send(self, batch: Sequence[Outbound]) -> list[SendOutcome]:
         """Accept the batch; magic `rejected` destinations are refused at once, like Infobip."""
@@ -122,6 +123,24 @@ class SandboxProvider:
             else:
                 outcomes.append(SendOutcome(message.message_id, status.ENROUTE, provider_id))
         return outcomes
+
+    async def upsert_person(
+        self,
+        *,
+        external_id: str,
+        first_name: str | None,
+        last_name: str | None,
+        phones: list[str],
+        emails: list[str],
+    ) -> ProviderCall:
+        """Keep the person (nothing leaves the machine); the sync always succeeds."""
+        self.persons[external_id] = {
+            "firstName": first_name,
+            "lastName": last_name,
+            "phones": phones,
+            "emails": emails,
+        }
+        return ProviderCall.of(200, f'{{"externalId": "{external_id}"}}', 0.0)
 
     async def poll_reports(self, *, conn: AsyncConnection) -> list[StatusReport]:
         """Delivery reports for sandbox messages that have been en route long enough."""

@@ -209,6 +209,8 @@ def serve(
         "access_log": False,
         "log_config": None,
         "timeout_graceful_shutdown": 30,
+        # Longer than the idle timeout of clients and proxies: closing first makes them race.
+        "timeout_keep_alive": 75,
     }
     if workers == 1:
         uvicorn.run(create_app(settings), **options)

@@ -572,6 +572,16 @@ class FakeInfobip:
         """The requests received on one path."""
         return [r for r in self.received if r.path == path]
 
+    def summary(self) -> dict[str, Any]:
+        """Counts only (for /__fake/summary): cheap even after tens of thousands of messages."""
+        return {
+            "requests": len(self.received),
+            "messages": len(self.messages),
+            "unique_messages": len(self.message_counts),
+            "duplicates": self.duplicates(),
+            "reports": len(self.reports),
+        }
+
     def state(self) -> dict[str, Any]:
         """Everything inspectable, as JSON-ready data (for /__fake/state)."""
         return {
@@ -846,6 +856,8 @@ class FakeInfobip:
         action = request.path.removeprefix("/__fake/")
         if action == "state":
             return _Response(200, self.state())
+        if action == "summary":
+            return _Response(200, self.summary())
         if action == "reset":
             self.reset()
         elif action == "fail-next":

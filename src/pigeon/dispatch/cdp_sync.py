@@ -74,7 +74,7 @@ async def _run_one(
     identity: Any,
     attempts: int,
 ) -> None:
-    async with engine.connect() as conn:
+    async with engine.begin() as conn:  # may create the platform webhook token
         provider = await registry.for_owner(conn=conn, owner=identity.account_id)
     if provider is None:
         await _finish(engine, identity.id, state="failed", error=EXTENSION_GONE)

@@ -153,7 +153,7 @@ class Worker:
         )
 
     async def _send_group(self, owner: str, group: list[Outbound]) -> None:
-        async with self.engine.connect() as conn:
+        async with self.engine.begin() as conn:  # may create the platform webhook token
             provider = await self.registry.for_owner(conn=conn, owner=owner)
         if provider is None:
             outcomes = [

@@ -23,6 +23,7 @@ from pigeon.config import Settings
 from pigeon.db.engine import create_engine
 from pigeon.dispatch.worker import Worker
 from pigeon.idempotency.store import IdempotencyStore
+from pigeon.messages.accept import AcceptPipeline
 
 log = structlog.get_logger("pigeon.app")
 
@@ -31,6 +32,11 @@ log = structlog.get_logger("pigeon.app")
 async def openapi_json(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     schema = request.app.openapi_schema.to_schema()
     return Response(schema, media_type="application/vnd.oai.openapi+json")
+
+
+def _wake(worker: Worker | None) -> None:
+    if worker is not None:
+        worker.wake.set()
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool | None = None) -> Litestar:
@@ -46,7 +52,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             engine=engine,
             auth=KeyAuthenticator(engine),
             idempotency=IdempotencyStore(engine, ttl_seconds=settings.idempotency_ttl_seconds),
+            accept=AcceptPipeline(engine, settings, on_commit=lambda: _wake(svc.worker)),
         )
+        svc.accept.start()
         app.state.services = svc
         if settings.demo:
             from pigeon.demo import seed_demo
@@ -67,6 +75,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         try:
             yield
         finally:
+            await svc.accept.stop()
             stop.set()
             if worker_task is not None and svc.worker is not None:
                 await worker_task

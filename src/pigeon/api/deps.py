@@ -12,6 +12,7 @@ from pigeon.accounts.service import KeyAuthenticator
 from pigeon.config import Settings
 from pigeon.dispatch.worker import Worker
 from pigeon.idempotency.store import IdempotencyStore, check_key
+from pigeon.messages.accept import AcceptPipeline
 
 
 @dataclass(slots=True)
@@ -22,6 +23,7 @@ class Services:
     engine: AsyncEngine
     auth: KeyAuthenticator
     idempotency: IdempotencyStore
+    accept: AcceptPipeline
     worker: Worker | None = None
 
 

@@ -4,7 +4,6 @@ and reading back (/v1/messages)."""
 # The send handlers are built by factories; each sets its real body type on `data` so that
 # Litestar validates and documents it (no `from __future__ import annotations` here).
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -12,10 +11,12 @@ from litestar import Request, Response, Router, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pigeon.api.deps import guarded_write, services
-from pigeon.messages import query, service
+from pigeon.api.deps import services
+from pigeon.idempotency.store import check_key, fingerprint
+from pigeon.messages import query
+from pigeon.messages.accept import SendRequest
+from pigeon.messages.rules import checked_content
 from pigeon.messages.schemas import (
     AppEmailMessageIn,
     AppTextMessageIn,
@@ -29,18 +30,25 @@ from pigeon.messages.schemas import (
     WhatsAppMessageIn,
 )
 from pigeon.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from pigeon.validation import normalize_email, normalize_phone
 
 SEND_RESPONSES = {200: ResponseSpec(SendResponse, description="Message processing status")}
 TEXT_CHANNELS: tuple[Channel, ...] = ("sms", "whatsapp")
 
 
-def _accepting(
-    request: Request[Any, Any, Any], account_id: str, draft: Callable[..., Any]
-) -> Awaitable[Response[bytes]]:
-    async def action(conn: AsyncConnection) -> SendResponse:
-        return await service.accept(conn=conn, draft=await draft(conn))
-
-    return guarded_write(request, account_id, action)
+async def _submit(request: Request[Any, Any, Any], item: SendRequest) -> Response[bytes]:
+    """Hand a validated send to the group-commit pipeline; answer once it is durable."""
+    key = request.headers.get("idempotency-key")
+    if key is not None:
+        item.scope = (item.account_id, request.method, request.url.path, check_key(key))
+        item.fingerprint = fingerprint(await request.body())
+    result = await services(request).accept.submit(item)
+    return Response(
+        content=result.body,
+        status_code=result.status_code,
+        media_type="application/json",
+        headers={"idempotent-replayed": "true"} if result.replayed else None,
+    )
 
 
 def user_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
@@ -49,17 +57,8 @@ def user_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
     async def send(
         request: Request[Any, Any, Any], account_id: str, user_id: str, data: Any
     ) -> Response[bytes]:
-        async def draft(conn: AsyncConnection) -> service.Draft:
-            return await service.draft_for_user(
-                conn=conn,
-                settings=services(request).settings,
-                account_id=account_id,
-                user_id=user_id,
-                channel=channel,
-                content=data.content,
-            )
-
-        return await _accepting(request, account_id, draft)
+        content = checked_content(channel, data.content)
+        return await _submit(request, SendRequest(account_id, "user", user_id, channel, content))
 
     send.__annotations__["data"] = body
     return post(
@@ -79,17 +78,9 @@ def person_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
     async def send(
         request: Request[Any, Any, Any], account_id: str, identity_id: str, data: Any
     ) -> Response[bytes]:
-        async def draft(conn: AsyncConnection) -> service.Draft:
-            return await service.draft_for_person(
-                conn=conn,
-                settings=services(request).settings,
-                account_id=account_id,
-                identity_id=identity_id,
-                channel=channel,
-                content=data.content,
-            )
-
-        return await _accepting(request, account_id, draft)
+        content = checked_content(channel, data.content)
+        item = SendRequest(account_id, "person", identity_id, channel, content)
+        return await _submit(request, item)
 
     send.__annotations__["data"] = body
     field = "email[0].address" if channel == "email" else "phone[0].number"
@@ -109,17 +100,13 @@ def app_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
     """POST /v1/apps/message/{channel}: a recipient who is not on-boarded."""
 
     async def send(request: Request[Any, Any, Any], account_id: str, data: Any) -> Response[bytes]:
-        async def draft(conn: AsyncConnection) -> service.Draft:
-            return await service.draft_for_app(
-                conn=conn,
-                settings=services(request).settings,
-                account_id=account_id,
-                to=data.to,
-                channel=channel,
-                content=data.content,
-            )
-
-        return await _accepting(request, account_id, draft)
+        content = checked_content(channel, data.content)
+        to = (
+            normalize_email(data.to, field="to")
+            if channel == "email"
+            else normalize_phone(data.to, field="to")
+        )
+        return await _submit(request, SendRequest(account_id, "app", to, channel, content))
 
     send.__annotations__["data"] = body
     return post(

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 
 def async_url(url: str) -> str:
@@ -44,13 +45,25 @@ def create_engine(url: str) -> AsyncEngine:
         max_overflow=0,
         connect_args={"timeout": 30},
     )
+    _install_sqlite_hooks(engine.sync_engine)
+    return engine
+
+
+def create_sync_engine(url: str) -> Engine:
+    """A plain (threaded) SQLite engine on the same file, with the same pragmas and locking."""
+    parsed = make_url(async_url(url)).set(drivername="sqlite")
+    engine = sa_create_engine(
+        parsed,
+        poolclass=QueuePool,
+        pool_size=1,
+        max_overflow=0,
+        connect_args={"timeout": 30, "check_same_thread": False},
+    )
     _install_sqlite_hooks(engine)
     return engine
 
 
-def _install_sqlite_hooks(engine: AsyncEngine) -> None:
-    sync_engine = engine.sync_engine
-
+def _install_sqlite_hooks(sync_engine: Engine) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # SQLAlchemy's documented recipe: let the "begin" hook below issue BEGIN itself.

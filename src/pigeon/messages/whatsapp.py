@@ -2,51 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.db.tables import whatsapp_interactions
-from pigeon.errors import Unprocessable
 
 PLATFORM = "platform"
-
-
-async def check_window(
-    *,
-    conn: AsyncConnection,
-    owner: str,
-    business_number: str,
-    customer_number: str,
-    window: timedelta,
-    now: datetime,
-    template: bool = False,
-) -> None:
-    """Refuse a WhatsApp message to someone who never wrote, or free-form text out of window."""
-    query = select(whatsapp_interactions.c.last_inbound_at).where(
-        whatsapp_interactions.c.owner == owner,
-        whatsapp_interactions.c.business_number == business_number,
-        whatsapp_interactions.c.customer_number == customer_number,
-    )
-    last = (await conn.execute(query)).scalar_one_or_none()
-    if last is None:
-        raise Unprocessable(
-            f"{customer_number} has never written to WhatsApp number {business_number}: "
-            "WhatsApp lets a business message only people who have contacted it first",
-            code="whatsapp_no_interaction",
-        )
-    if not template and now - last > window:
-        hours = int(window.total_seconds() // 3600)
-        raise Unprocessable(
-            f"{customer_number} last wrote to WhatsApp number {business_number} at "
-            f"{last.isoformat()}, more than {hours} hours ago: WhatsApp allows free-form "
-            "messages only within 24 hours of the customer's last message; send a template",
-            code="whatsapp_window_closed",
-        )
 
 
 async def record_inbound(

@@ -1,0 +1,438 @@
+"""The accept path: validated send requests become durable messages, many per commit.
+
+Requests join a queue; one writer takes whatever is waiting, reads what the whole batch needs
+in a few queries (idempotency records, recipients, extensions, WhatsApp interactions), applies
+the rules to each request, writes every message, first event and idempotency record, and
+commits once. Each request is answered when the commit that holds it is done: durable before
+the answer, without one commit (and one fsync) per request (group commit).
+
+On SQLite the batch runs in one dedicated thread on a plain sqlite3 connection: one thread hop
+per batch. On PostgreSQL it runs on the async engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+import structlog
+from sqlalchemy import Connection, and_, delete, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pigeon.clock import utcnow
+from pigeon.config import Settings
+from pigeon.db.engine import create_sync_engine, is_sqlite
+from pigeon.db.tables import (
+    idempotency_keys,
+    identities,
+    infobip_extensions,
+    message_events,
+    messages,
+    users,
+    whatsapp_interactions,
+)
+from pigeon.errors import Conflict, PigeonError, Unprocessable
+from pigeon.idempotency.store import Scope, StoredResponse
+from pigeon.ids import new_message_id
+from pigeon.messages import status
+from pigeon.messages.rules import (
+    Draft,
+    check_whatsapp_window,
+    person_destination,
+    platform_sender,
+    user_destination,
+)
+from pigeon.messages.schemas import AcceptedMessage, Channel, SendResponse
+from pigeon.messages.whatsapp import PLATFORM
+
+log = structlog.get_logger("pigeon.accept")
+MAX_BATCH = 256
+Outcome = StoredResponse | PigeonError
+
+
+@dataclass(slots=True)
+class SendRequest:
+    """One send, validated: its recipient still to be resolved against the database."""
+
+    account_id: str
+    recipient_type: str  # "user", "person" or "app"
+    recipient: str  # a user id, an identity id, or the normalised `to` of an app message
+    channel: Channel
+    content: dict[str, Any]
+    scope: Scope | None = None
+    fingerprint: str | None = None
+    future: asyncio.Future[Outcome] | None = field(default=None, repr=False)
+
+
+def _ids(items: Sequence[SendRequest], kind: str) -> list[str]:
+    return sorted({i.recipient for i in items if i.recipient_type == kind})
+
+
+def _by_id(conn: Connection, table: Any, ids: list[str]) -> dict[str, Any]:
+    if not ids:
+        return {}
+    return {row.id: row for row in conn.execute(select(table).where(table.c.id.in_(ids)))}
+
+
+class _Batch:
+    """Everything one batch needs from the database, read in a handful of queries."""
+
+    def __init__(self, conn: Connection, items: Sequence[SendRequest], now: datetime) -> None:
+        self.conn = conn
+        self.now = now
+        self.users = _by_id(conn, users, _ids(items, "user"))
+        self.identities = _by_id(conn, identities, _ids(items, "person"))
+        accounts = sorted({i.account_id for i in items if i.recipient_type == "person"})
+        self.extensions = {
+            row.account_id: row
+            for row in (
+                conn.execute(
+                    select(infobip_extensions).where(infobip_extensions.c.account_id.in_(accounts))
+                )
+                if accounts
+                else []
+            )
+        }
+        self.records = self._idempotency_records([i.scope for i in items if i.scope])
+
+    def _idempotency_records(self, scopes: list[Scope]) -> dict[Scope, Any]:
+        if not scopes:
+            return {}
+        key = tuple_(
+            idempotency_keys.c.account_id,
+            idempotency_keys.c.method,
+            idempotency_keys.c.path,
+            idempotency_keys.c.key,
+        )
+        rows = self.conn.execute(
+            select(idempotency_keys).where(
+                key.in_(scopes), idempotency_keys.c.expires_at > self.now
+            )
+        )
+        return {(r.account_id, r.method, r.path, r.key): r for r in rows}
+
+    def last_inbound(self, triples: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], Any]:
+        if not triples:
+            return {}
+        key = tuple_(
+            whatsapp_interactions.c.owner,
+            whatsapp_interactions.c.business_number,
+            whatsapp_interactions.c.customer_number,
+        )
+        rows = self.conn.execute(select(whatsapp_interactions).where(key.in_(triples)))
+        return {(r.owner, r.business_number, r.customer_number): r.last_inbound_at for r in rows}
+
+
+def _draft(item: SendRequest, batch: _Batch, settings: Settings) -> Draft:
+    """Resolve one request's destination and sender (no WhatsApp window yet)."""
+    if item.recipient_type == "user":
+        user = batch.users.get(item.recipient)
+        destination = user_destination(user, item.recipient, item.account_id, item.channel)
+        return Draft(
+            item.account_id,
+            item.channel,
+            "user",
+            item.recipient,
+            destination,
+            "platform",
+            platform_sender(settings, item.channel),
+            item.content,
+        )
+    if item.recipient_type == "person":
+        identity = batch.identities.get(item.recipient)
+        destination, sender = person_destination(
+            identity,
+            item.recipient,
+            item.account_id,
+            item.channel,
+            batch.extensions.get(item.account_id),
+        )
+        return Draft(
+            item.account_id,
+            item.channel,
+            "person",
+            item.recipient,
+            destination,
+            "tenant",
+            sender,
+            item.content,
+        )
+    return Draft(
+        item.account_id,
+        item.channel,
+        "app",
+        None,
+        item.recipient,
+        "platform",
+        platform_sender(settings, item.channel),
+        item.content,
+    )
+
+
+def _window_key(draft: Draft) -> tuple[str, str, str]:
+    owner = draft.account_id if draft.route == "tenant" else PLATFORM
+    return owner, draft.sender or "", draft.destination
+
+
+def accept_batch(
+    conn: Connection, items: Sequence[SendRequest], settings: Settings
+) -> list[Outcome]:
+    """Accept a batch in the caller's transaction: an outcome per request, in order."""
+    now = utcnow()
+    batch = _Batch(conn, items, now)
+    outcomes: list[Outcome | Draft] = []
+    for item in items:
+        record = batch.records.get(item.scope) if item.scope else None
+        if record is not None:
+            outcomes.append(_replay(record, item))
+            continue
+        try:
+            outcomes.append(_draft(item, batch, settings))
+        except PigeonError as exc:
+            outcomes.append(exc)
+    whatsapp = [o for o in outcomes if isinstance(o, Draft) and o.channel == "whatsapp"]
+    inbound = batch.last_inbound([_window_key(d) for d in whatsapp])
+    window = timedelta(seconds=settings.whatsapp_window_seconds)
+    for index, outcome in enumerate(outcomes):
+        if isinstance(outcome, Draft) and outcome.channel == "whatsapp":
+            owner, business, customer = _window_key(outcome)
+            try:
+                check_whatsapp_window(
+                    inbound.get((owner, business, customer)),
+                    business_number=business,
+                    customer_number=customer,
+                    window=window,
+                    now=now,
+                    template="template" in outcome.content,
+                )
+            except PigeonError as exc:
+                outcomes[index] = exc
+    return _store(conn, items, outcomes, now, settings)
+
+
+def _replay(record: Any, item: SendRequest) -> Outcome:
+    if record.fingerprint != item.fingerprint:
+        return Unprocessable(
+            "this idempotency-key was already used with a different request body",
+            code="idempotency_key_reused",
+        )
+    return StoredResponse(record.status_code, record.response_body.encode(), replayed=True)
+
+
+def _store(
+    conn: Connection,
+    items: Sequence[SendRequest],
+    outcomes: list[Outcome | Draft],
+    now: datetime,
+    settings: Settings,
+) -> list[Outcome]:
+    message_rows, event_rows, key_rows, results = [], [], [], []
+    expires = now + timedelta(seconds=settings.idempotency_ttl_seconds)
+    for item, outcome in zip(items, outcomes, strict=True):
+        if not isinstance(outcome, Draft):
+            results.append(outcome)
+            continue
+        message_id = new_message_id()
+        message_rows.append(_message_row(message_id, outcome, now))
+        event_rows.append(
+            {
+                "message_id": message_id,
+                "status_id": status.ACCEPTED.id,
+                "source": "api",
+                "at": now,
+                "detail": None,
+            }
+        )
+        body = msgspec.json.encode(
+            SendResponse(
+                messages=[
+                    AcceptedMessage(
+                        messageId=message_id,
+                        status=status.ACCEPTED,
+                        destination=outcome.destination,
+                    )
+                ]
+            )
+        )
+        if item.scope is not None:
+            account_id, method, path, key = item.scope
+            key_rows.append(
+                {
+                    "account_id": account_id,
+                    "method": method,
+                    "path": path,
+                    "key": key,
+                    "fingerprint": item.fingerprint,
+                    "status_code": 200,
+                    "response_body": body.decode(),
+                    "created_at": now,
+                    "expires_at": expires,
+                }
+            )
+        results.append(StoredResponse(200, body, replayed=False))
+    if message_rows:
+        conn.execute(messages.insert(), message_rows)
+        conn.execute(message_events.insert(), event_rows)
+    if key_rows:
+        scopes = [(r["account_id"], r["method"], r["path"], r["key"]) for r in key_rows]
+        # Only expired records may be replaced; a live one makes the insert fail (see caller).
+        conn.execute(
+            delete(idempotency_keys).where(
+                and_(
+                    tuple_(
+                        idempotency_keys.c.account_id,
+                        idempotency_keys.c.method,
+                        idempotency_keys.c.path,
+                        idempotency_keys.c.key,
+                    ).in_(scopes),
+                    idempotency_keys.c.expires_at <= now,
+                )
+            )
+        )
+        conn.execute(idempotency_keys.insert(), key_rows)
+    return results
+
+
+def _message_row(message_id: str, draft: Draft, now: datetime) -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "account_id": draft.account_id,
+        "channel": draft.channel,
+        "recipient_type": draft.recipient_type,
+        "recipient_id": draft.recipient_id,
+        "destination": draft.destination,
+        "route": draft.route,
+        "sender": draft.sender,
+        "content": draft.content,
+        "status_id": status.ACCEPTED.id,
+        "group_id": status.ACCEPTED.groupId,
+        "error": None,
+        "provider": None,
+        "provider_message_id": None,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "created_at": now,
+        "updated_at": now,
+        "sent_at": None,
+        "done_at": None,
+    }
+
+
+class AcceptPipeline:
+    """Group commit for sends: one writer, many waiting requests, one commit per batch."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        *,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.on_commit = on_commit
+        self._queue: list[SendRequest] = []
+        self._ready = asyncio.Event()
+        self._in_flight: set[Scope] = set()
+        self._writer: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._sync_engine = create_sync_engine(settings.database_url) if is_sqlite(engine) else None
+        # One thread owns the SQLite connection: every batch is one hop to it and back.
+        self._thread = ThreadPoolExecutor(1, "pigeon-accept") if self._sync_engine else None
+
+    def start(self) -> None:
+        """Start the writer (in the app's lifespan)."""
+        self._writer = asyncio.create_task(self._write_forever())
+
+    async def stop(self) -> None:
+        """Answer what is queued, then stop the writer."""
+        self._stopping = True
+        self._ready.set()
+        if self._writer is not None:
+            await self._writer
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+
+    async def submit(self, item: SendRequest) -> StoredResponse:
+        """Queue a send and wait until it is committed (or refused)."""
+        if item.scope is not None:
+            if item.scope in self._in_flight:
+                raise Conflict(
+                    "a request with this idempotency-key is still being processed; retry shortly",
+                    code="idempotency_request_in_flight",
+                    headers={"Retry-After": "1"},
+                )
+            self._in_flight.add(item.scope)
+        try:
+            item.future = asyncio.get_running_loop().create_future()
+            self._queue.append(item)
+            self._ready.set()
+            outcome = await item.future
+        finally:
+            if item.scope is not None:
+                self._in_flight.discard(item.scope)
+        if isinstance(outcome, PigeonError):
+            raise outcome
+        return outcome
+
+    async def _write_forever(self) -> None:
+        while not (self._stopping and not self._queue):
+            await self._ready.wait()
+            self._ready.clear()
+            while self._queue:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                await self._write(batch)
+
+    async def _write(self, batch: list[SendRequest]) -> None:
+        try:
+            try:
+                outcomes = await self._run(batch)
+            except IntegrityError:
+                # Another process stored one of these idempotency keys first: settle each
+                # alone, so the one that collided replays the other's answer.
+                outcomes = [await self._alone(item) for item in batch]
+        except Exception as exc:
+            log.exception("accept batch failed", size=len(batch))
+            for item in batch:
+                if item.future is not None and not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if item.future is not None and not item.future.done():
+                item.future.set_result(outcome)
+        if self.on_commit is not None:
+            self.on_commit()
+
+    async def _alone(self, item: SendRequest) -> Outcome:
+        for _ in range(2):
+            try:
+                return (await self._run([item]))[0]
+            except IntegrityError:
+                continue
+        return Conflict(
+            "the idempotency-key is being used concurrently; retry",
+            code="idempotency_request_in_flight",
+            headers={"Retry-After": "1"},
+        )
+
+    async def _run(self, batch: list[SendRequest]) -> list[Outcome]:
+        if self._sync_engine is not None and self._thread is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._thread, self._run_sqlite, batch)
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(accept_batch, batch, self.settings)
+
+    def _run_sqlite(self, batch: list[SendRequest]) -> list[Outcome]:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            return accept_batch(conn, batch, self.settings)

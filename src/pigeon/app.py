@@ -20,7 +20,7 @@ from pigeon.api import extensions, health, identities, messages, users, webhooks
 from pigeon.api.deps import Services, provide_account_id
 from pigeon.api.problems import EXCEPTION_HANDLERS
 from pigeon.config import Settings
-from pigeon.db.engine import create_engine
+from pigeon.db.engine import create_engine, is_sqlite
 from pigeon.dispatch.worker import Worker
 from pigeon.idempotency.store import IdempotencyStore
 from pigeon.messages.accept import AcceptPipeline
@@ -47,11 +47,17 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
+        reader = (
+            create_engine(settings.database_url, read_only=True) if is_sqlite(engine) else engine
+        )
         svc = Services(
             settings=settings,
             engine=engine,
-            auth=KeyAuthenticator(engine),
-            idempotency=IdempotencyStore(engine, ttl_seconds=settings.idempotency_ttl_seconds),
+            reader=reader,
+            auth=KeyAuthenticator(reader),
+            idempotency=IdempotencyStore(
+                engine, reader=reader, ttl_seconds=settings.idempotency_ttl_seconds
+            ),
             accept=AcceptPipeline(engine, settings, on_commit=lambda: _wake(svc.worker)),
         )
         svc.accept.start()
@@ -81,6 +87,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
                 await worker_task
                 await svc.worker.aclose()
             await engine.dispose()
+            if reader is not engine:
+                await reader.dispose()
 
     return Litestar(
         route_handlers=[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ class KeyAuthenticator:
         self._engine = engine
         self._ttl = ttl_seconds
         self._cache: dict[str, tuple[float, str | None]] = {}
+        self._pending: dict[str, asyncio.Future[str | None]] = {}
 
     async def authenticate(self, key: str | None) -> str:
         """The account id the key belongs to; Unauthorized when missing, unknown or revoked."""
@@ -118,12 +120,31 @@ class KeyAuthenticator:
         if cached is not None and cached[0] > now:
             account_id = cached[1]
         else:
-            account_id = await self._lookup(digest)
+            account_id = await self._lookup_once(digest)
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[digest] = (now + self._ttl, account_id)
+            self._cache[digest] = (time.monotonic() + self._ttl, account_id)
         if account_id is None:
             raise Unauthorized("invalid or revoked API key", code="invalid_api_key")
+        return account_id
+
+    async def _lookup_once(self, digest: str) -> str | None:
+        """One database lookup per key at a time: concurrent requests share its answer."""
+        pending = self._pending.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._pending[digest] = future
+        try:
+            account_id = await self._lookup(digest)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
+            raise
+        else:
+            future.set_result(account_id)
+        finally:
+            del self._pending[digest]
         return account_id
 
     async def _lookup(self, digest: str) -> str | None:

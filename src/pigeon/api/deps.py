@@ -21,6 +21,7 @@ class Services:
 
     settings: Settings
     engine: AsyncEngine
+    reader: AsyncEngine  # for reads; on PostgreSQL the same engine
     auth: KeyAuthenticator
     idempotency: IdempotencyStore
     accept: AcceptPipeline

@@ -25,7 +25,7 @@ async def put_extension(
 @get("/", summary="Show the Infobip extension (API key masked) and its webhook URLs")
 async def get_extension(request: Request[Any, Any, Any], account_id: str) -> InfobipExtension:
     svc = services(request)
-    async with svc.engine.connect() as conn:
+    async with svc.reader.connect() as conn:
         return await service.get_extension(
             conn=conn, account_id=account_id, base_url=svc.settings.base_url
         )

@@ -22,6 +22,6 @@ class Health(msgspec.Struct):
 @get("/health", summary="Health check", tags=["Health"])
 async def health(request: Request[Any, Any, Any]) -> Health:
     svc = services(request)
-    async with svc.engine.connect() as conn:
+    async with svc.reader.connect() as conn:
         await conn.execute(text("SELECT 1"))
     return Health("ok", __version__, svc.engine.dialect.name, svc.settings.provider)

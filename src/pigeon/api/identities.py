@@ -35,7 +35,7 @@ async def list_identities(
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> IdentityList:
-    async with services(request).engine.connect() as conn:
+    async with services(request).reader.connect() as conn:
         return await service.list_identities(
             conn=conn, account_id=account_id, limit=limit, cursor=cursor
         )
@@ -45,7 +45,7 @@ async def list_identities(
 async def get_identity(
     request: Request[Any, Any, Any], account_id: str, identity_id: str
 ) -> Identity:
-    async with services(request).engine.connect() as conn:
+    async with services(request).reader.connect() as conn:
         return await service.get_identity(conn=conn, account_id=account_id, identity_id=identity_id)
 
 

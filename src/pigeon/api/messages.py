@@ -13,7 +13,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from pigeon.api.deps import services
-from pigeon.idempotency.store import check_key, fingerprint
+from pigeon.idempotency.store import check_key, fingerprint, scope_id
 from pigeon.messages import query
 from pigeon.messages.accept import SendRequest
 from pigeon.messages.rules import checked_content
@@ -41,6 +41,7 @@ async def _submit(request: Request[Any, Any, Any], item: SendRequest) -> Respons
     key = request.headers.get("idempotency-key")
     if key is not None:
         item.scope = (item.account_id, request.method, request.url.path, check_key(key))
+        item.scope_id = scope_id(item.scope)
         item.fingerprint = fingerprint(await request.body())
     result = await services(request).accept.submit(item)
     return Response(
@@ -129,7 +130,7 @@ Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="page size")]
     tags=["Messages"],
 )
 async def get_message(request: Request[Any, Any, Any], account_id: str, message_id: str) -> Message:
-    async with services(request).engine.connect() as conn:
+    async with services(request).reader.connect() as conn:
         return await query.get_message(conn=conn, account_id=account_id, message_id=message_id)
 
 
@@ -149,7 +150,7 @@ async def list_messages(
     since: Annotated[datetime | None, Parameter(query="from")] = None,
     until: Annotated[datetime | None, Parameter(query="to")] = None,
 ) -> MessageList:
-    async with services(request).engine.connect() as conn:
+    async with services(request).reader.connect() as conn:
         return await query.list_messages(
             conn=conn,
             account_id=account_id,

@@ -35,7 +35,7 @@ async def list_users(
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> UserList:
-    async with services(request).engine.connect() as conn:
+    async with services(request).reader.connect() as conn:
         return await service.list_users(
             conn=conn, account_id=account_id, limit=limit, cursor=cursor
         )
@@ -43,7 +43,7 @@ async def list_users(
 
 @get("/{user_id:str}", summary="Get a User")
 async def get_user(request: Request[Any, Any, Any], account_id: str, user_id: str) -> User:
-    async with services(request).engine.connect() as conn:
+    async with services(request).reader.connect() as conn:
         return await service.get_user(conn=conn, account_id=account_id, user_id=user_id)
 
 

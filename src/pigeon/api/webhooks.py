@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, Router, post
 
 from pigeon.api.deps import services
 from pigeon.webhooks import service
 from pigeon.webhooks.schemas import DeliveryReports, InboundMessages, WebhookAnswer
+
+
+class _RawResults(msgspec.Struct):
+    results: list[dict[str, Any]]
+
+
+async def _raw_results(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+    """The results exactly as the provider sent them, kept beside our normalised reading."""
+    return msgspec.json.decode(await request.body(), type=_RawResults).results
 
 
 @post(
@@ -19,9 +29,10 @@ from pigeon.webhooks.schemas import DeliveryReports, InboundMessages, WebhookAns
 async def inbound(
     request: Request[Any, Any, Any], owner: str, token: str, data: InboundMessages
 ) -> WebhookAnswer:
+    raw = await _raw_results(request)
     async with services(request).engine.begin() as conn:
         await service.authenticate(conn=conn, owner=owner, token=token)
-        return await service.record_inbound(conn=conn, owner=owner, payload=data)
+        return await service.record_inbound(conn=conn, owner=owner, payload=data, raw=raw)
 
 
 @post(
@@ -32,9 +43,10 @@ async def inbound(
 async def reports(
     request: Request[Any, Any, Any], owner: str, token: str, data: DeliveryReports
 ) -> WebhookAnswer:
+    raw = await _raw_results(request)
     async with services(request).engine.begin() as conn:
         await service.authenticate(conn=conn, owner=owner, token=token)
-        return await service.apply_reports(conn=conn, owner=owner, payload=data)
+        return await service.apply_reports(conn=conn, owner=owner, payload=data, raw=raw)
 
 
 router = Router("/v1/webhooks/infobip", route_handlers=[inbound, reports], tags=["Webhooks"])

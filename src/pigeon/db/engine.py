@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
@@ -25,13 +26,22 @@ def async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def is_busy(exc: BaseException) -> bool:
+    """True for SQLite's "database is locked": another writer holds the lock, try again."""
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
+
+
 def is_sqlite(engine: AsyncEngine) -> bool:
     """True for the embedded engine."""
     return engine.dialect.name == "sqlite"
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """Create the async engine; on SQLite one connection in WAL mode serialises all access."""
+def create_engine(url: str, *, read_only: bool = False) -> AsyncEngine:
+    """Create the async engine.
+
+    On SQLite the writing engine is one connection whose transactions take the write lock up
+    front; a read-only engine has a few connections that read the WAL snapshot concurrently.
+    """
     driver_url = async_url(url)
     if make_url(driver_url).get_backend_name() != "sqlite":
         return create_async_engine(driver_url, pool_size=10, max_overflow=10, pool_pre_ping=True)
@@ -41,29 +51,35 @@ def create_engine(url: str) -> AsyncEngine:
     engine = create_async_engine(
         driver_url,
         poolclass=AsyncAdaptedQueuePool,
-        pool_size=1,
+        pool_size=4 if read_only else 1,
         max_overflow=0,
         connect_args={"timeout": 30},
     )
-    _install_sqlite_hooks(engine.sync_engine)
+    _install_sqlite_hooks(engine.sync_engine, read_only=read_only)
     return engine
 
 
 def create_sync_engine(url: str) -> Engine:
-    """A plain (threaded) SQLite engine on the same file, with the same pragmas and locking."""
+    """A plain SQLite engine on the same file for use on the event loop's thread.
+
+    It never waits for a lock (busy timeout 0): waiting would block the loop, and with it the
+    very writer it waits for. Its caller retries a busy database asynchronously instead.
+    """
     parsed = make_url(async_url(url)).set(drivername="sqlite")
     engine = sa_create_engine(
         parsed,
         poolclass=QueuePool,
         pool_size=1,
         max_overflow=0,
-        connect_args={"timeout": 30, "check_same_thread": False},
+        connect_args={"timeout": 0, "check_same_thread": False},
     )
-    _install_sqlite_hooks(engine)
+    _install_sqlite_hooks(engine, busy_timeout_ms=0)
     return engine
 
 
-def _install_sqlite_hooks(sync_engine: Engine) -> None:
+def _install_sqlite_hooks(
+    sync_engine: Engine, *, read_only: bool = False, busy_timeout_ms: int = 30_000
+) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # SQLAlchemy's documented recipe: let the "begin" hook below issue BEGIN itself.
@@ -72,11 +88,14 @@ def _install_sqlite_hooks(sync_engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        if read_only:
+            cursor.execute("PRAGMA query_only=1")
         cursor.close()
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # pysqlite's implicit transactions are off (isolation_level=None); take the write lock
-        # up front so a second process waits instead of failing on a lock upgrade.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # pysqlite's implicit transactions are off (isolation_level=None). A writer takes the
+        # write lock up front, so a second writer waits instead of failing on a lock upgrade;
+        # a reader only pins its snapshot and never blocks a writer (WAL).
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

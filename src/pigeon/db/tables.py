@@ -207,10 +207,13 @@ cdp_sync_jobs = Table(
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,
-    Column("account_id", String(24), primary_key=True),
-    Column("method", String(8), primary_key=True),
-    Column("path", String(500), primary_key=True),
-    Column("key", String(255), primary_key=True),
+    # A hash of (account, method, path, key): one short primary key that every engine can
+    # look many up by at once (row-value IN lists are not indexed by SQLite).
+    Column("scope", String(64), primary_key=True),
+    Column("account_id", String(24), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("path", String(500), nullable=False),
+    Column("key", String(255), nullable=False),
     Column("fingerprint", String(64), nullable=False),
     Column("status_code", Integer, nullable=False),
     Column("response_body", Text, nullable=False),

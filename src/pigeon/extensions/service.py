@@ -17,6 +17,7 @@ from pigeon.db.tables import infobip_extensions
 from pigeon.errors import NotFound, Unprocessable, field_error
 from pigeon.extensions.crypto import encrypt_secret
 from pigeon.extensions.schemas import InfobipExtension, InfobipExtensionIn, Webhooks
+from pigeon.identities.sync import request_sync_all
 from pigeon.validation import normalize_email, normalize_phone
 
 
@@ -77,6 +78,7 @@ async def put_extension(
             .where(infobip_extensions.c.account_id == account_id)
             .values(updated_at=now, **values)
         )
+    await request_sync_all(conn=conn, account_id=account_id)
     return await get_extension(conn=conn, account_id=account_id, base_url=settings.base_url)
 
 

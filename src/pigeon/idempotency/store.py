@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import and_, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -43,6 +43,11 @@ def fingerprint(body: bytes) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
+def scope_id(scope: Scope) -> str:
+    """The stored identity of a scope: a hash of account, method, path and key."""
+    return hashlib.sha256("\x1f".join(scope).encode()).hexdigest()
+
+
 def check_key(key: str) -> str:
     """A usable idempotency key, or a 422 naming the header."""
     if not key.strip() or len(key) > MAX_KEY_LENGTH:
@@ -57,8 +62,9 @@ def check_key(key: str) -> str:
 class IdempotencyStore:
     """Runs guarded writes: replay on a repeat, 422 on a reused key, 409 while in flight."""
 
-    def __init__(self, engine: AsyncEngine, *, ttl_seconds: int) -> None:
+    def __init__(self, engine: AsyncEngine, *, reader: AsyncEngine, ttl_seconds: int) -> None:
         self._engine = engine
+        self._reader = reader
         self._ttl = timedelta(seconds=ttl_seconds)
         self._in_flight: set[Scope] = set()
 
@@ -116,6 +122,7 @@ class IdempotencyStore:
             account_id, method, path, key = scope
             await conn.execute(
                 idempotency_keys.insert().values(
+                    scope=scope_id(scope),
                     account_id=account_id,
                     method=method,
                     path=path,
@@ -130,7 +137,7 @@ class IdempotencyStore:
         return StoredResponse(status_code, body, replayed=False)
 
     async def _lookup(self, scope: Scope, print_: str) -> StoredResponse | None:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             row = (
                 await conn.execute(
                     select(
@@ -151,13 +158,7 @@ class IdempotencyStore:
 
 
 def _scope_clause(scope: Scope) -> Any:
-    account_id, method, path, key = scope
-    return and_(
-        idempotency_keys.c.account_id == account_id,
-        idempotency_keys.c.method == method,
-        idempotency_keys.c.path == path,
-        idempotency_keys.c.key == key,
-    )
+    return idempotency_keys.c.scope == scope_id(scope)
 
 
 def _encode(result: Any) -> bytes:

@@ -52,3 +52,40 @@ def sync_view(row: Any) -> dict[str, Any] | None:
     if row.sync_state is None:
         return None
     return {"state": row.sync_state, "error": row.sync_error, "syncedAt": row.synced_at}
+
+
+async def request_sync_all(*, conn: AsyncConnection, account_id: str) -> None:
+    """Queue a sync of every person of the tenant (the extension was just enabled or changed)."""
+    now = utcnow()
+    persons = (
+        (
+            await conn.execute(
+                select(identities.c.id).where(
+                    identities.c.account_id == account_id, identities.c.type == "person"
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+    await conn.execute(delete(cdp_sync_jobs).where(cdp_sync_jobs.c.account_id == account_id))
+    if not persons:
+        return
+    await conn.execute(
+        cdp_sync_jobs.insert(),
+        [
+            {
+                "identity_id": identity_id,
+                "account_id": account_id,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
+            for identity_id in persons
+        ],
+    )
+    await conn.execute(
+        update(identities)
+        .where(identities.c.account_id == account_id, identities.c.type == "person")
+        .values(sync_state="pending", sync_error=None)
+    )

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.clock import utcnow
 from pigeon.db.tables import message_events, messages
-from pigeon.messages.status import Status, can_move, status_for
+from pigeon.messages.status import Group, Status, can_move, status_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,8 @@ async def _move(
     }
     if report.error is not None:
         changes["error"] = report.error
+    elif report.status.group == Group.DELIVERED:
+        changes["error"] = None  # delivered after all: earlier transient errors are history
     if report.status.is_final:
         changes["done_at"] = now
         changes["lease_owner"] = None

@@ -7,7 +7,6 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 import structlog
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
@@ -75,17 +74,17 @@ def parse_received_at(value: str | None) -> datetime:
 
 
 async def record_inbound(
-    *, conn: AsyncConnection, owner: str, payload: InboundMessages
+    *, conn: AsyncConnection, owner: str, payload: InboundMessages, raw: list[dict[str, Any]]
 ) -> WebhookAnswer:
     """Record each inbound WhatsApp message as an interaction opening the 24-hour window."""
-    for item in payload.results:
+    for item, original in zip(payload.results, raw, strict=True):
         await whatsapp.record_inbound(
             conn=conn,
             owner=owner,
             business_number=_digits(item.to),
             customer_number=_digits(item.from_),
             received_at=parse_received_at(item.receivedAt),
-            message=msgspec.to_builtins(item),
+            message=original,
         )
     log.info("inbound recorded", owner=owner, count=len(payload.results))
     return WebhookAnswer(received=len(payload.results), applied=len(payload.results))
@@ -105,11 +104,11 @@ def _reported_status(report: Any) -> Status:
 
 
 async def apply_reports(
-    *, conn: AsyncConnection, owner: str, payload: DeliveryReports
+    *, conn: AsyncConnection, owner: str, payload: DeliveryReports, raw: list[dict[str, Any]]
 ) -> WebhookAnswer:
     """Apply delivery reports idempotently; ids we do not know are logged, not errors."""
     applied = unknown = 0
-    for item in payload.results:
+    for item, original in zip(payload.results, raw, strict=True):
         query = select(messages.c.id).where(
             or_(messages.c.id == item.messageId, messages.c.provider_message_id == item.messageId)
         )
@@ -123,6 +122,6 @@ async def apply_reports(
             log.warning("report for unknown message", owner=owner, message_id=item.messageId)
             continue
         error = item.error if item.error and item.error.get("id") not in (0, None) else None
-        report = StatusReport(message_id, _reported_status(item), error, msgspec.to_builtins(item))
+        report = StatusReport(message_id, _reported_status(item), error, original)
         applied += await apply_status(conn=conn, report=report, source="report")
     return WebhookAnswer(received=len(payload.results), applied=applied, unknown=unknown)

@@ -30,6 +30,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "idempotency_keys",
+        sa.Column("scope", sa.String(length=64), nullable=False),
         sa.Column("account_id", sa.String(length=24), nullable=False),
         sa.Column("method", sa.String(length=8), nullable=False),
         sa.Column("path", sa.String(length=500), nullable=False),
@@ -39,9 +40,7 @@ def upgrade() -> None:
         sa.Column("response_body", sa.Text(), nullable=False),
         sa.Column("created_at", pigeon.db.tables.UTCDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", pigeon.db.tables.UTCDateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint(
-            "account_id", "method", "path", "key", name=op.f("pk_idempotency_keys")
-        ),
+        sa.PrimaryKeyConstraint("scope", name=op.f("pk_idempotency_keys")),
     )
     with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
         batch_op.create_index(

@@ -114,16 +114,15 @@ class KeyAuthenticator:
             raise Unauthorized(
                 "missing API key: send it in the x-api-key header", code="missing_api_key"
             )
-        digest = hash_key(key)
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
+        # The cache is keyed by the key itself (process memory only): no hashing per request.
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > time.monotonic():
             account_id = cached[1]
         else:
-            account_id = await self._lookup_once(digest)
+            account_id = await self._lookup_once(hash_key(key))
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[digest] = (time.monotonic() + self._ttl, account_id)
+            self._cache[key] = (time.monotonic() + self._ttl, account_id)
         if account_id is None:
             raise Unauthorized("invalid or revoked API key", code="invalid_api_key")
         return account_id

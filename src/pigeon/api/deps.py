@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response
+from litestar.connection import ASGIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon.accounts.service import KeyAuthenticator
@@ -32,7 +33,7 @@ def services(request: Request[Any, Any, Any]) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-def api_key_from(request: Request[Any, Any, Any]) -> str | None:
+def api_key_from(request: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The key from `x-api-key`, or `Authorization: <key>` / `Authorization: Bearer <key>`."""
     key = request.headers.get("x-api-key")
     if key:
@@ -46,6 +47,23 @@ def api_key_from(request: Request[Any, Any, Any]) -> str | None:
 async def provide_account_id(request: Request[Any, Any, Any]) -> str:
     """Authenticate the request; its account id."""
     return await services(request).auth.authenticate(api_key_from(request))
+
+
+ACCOUNT = "pigeon.account_id"
+
+
+async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: object) -> None:
+    """A guard for the hot path: authenticate before the body is validated, like the others.
+
+    Cheaper than dependency injection; the account id waits in the scope for the handler.
+    """
+    auth = connection.app.state.services.auth
+    connection.scope[ACCOUNT] = await auth.authenticate(api_key_from(connection))  # type: ignore[literal-required]
+
+
+def account_of(request: Request[Any, Any, Any]) -> str:
+    """The account id `require_api_key` authenticated."""
+    return request.scope[ACCOUNT]  # type: ignore[literal-required,no-any-return]
 
 
 async def guarded_write(

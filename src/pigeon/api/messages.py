@@ -12,7 +12,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
-from pigeon.api.deps import services
+from pigeon.api.deps import account_of, require_api_key, services
 from pigeon.idempotency.store import check_key, fingerprint, scope_id
 from pigeon.messages import query
 from pigeon.messages.accept import SendRequest
@@ -55,11 +55,10 @@ async def _submit(request: Request[Any, Any, Any], item: SendRequest) -> Respons
 def user_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
     """POST /v1/users/{id}/message/{channel}."""
 
-    async def send(
-        request: Request[Any, Any, Any], account_id: str, user_id: str, data: Any
-    ) -> Response[bytes]:
+    async def send(request: Request[Any, Any, Any], user_id: str, data: Any) -> Response[bytes]:
         content = checked_content(channel, data.content)
-        return await _submit(request, SendRequest(account_id, "user", user_id, channel, content))
+        item = SendRequest(account_of(request), "user", user_id, channel, content)
+        return await _submit(request, item)
 
     send.__annotations__["data"] = body
     return post(
@@ -70,17 +69,16 @@ def user_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
         summary=f"Send {channel} to a User",
         description=f"Sent to the User's channel.{channel}, from the platform's account.",
         tags=["Messaging"],
+        guards=[require_api_key],
     )(send)
 
 
 def person_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
     """POST /v1/identities/{id}/person/message/{channel}."""
 
-    async def send(
-        request: Request[Any, Any, Any], account_id: str, identity_id: str, data: Any
-    ) -> Response[bytes]:
+    async def send(request: Request[Any, Any, Any], identity_id: str, data: Any) -> Response[bytes]:
         content = checked_content(channel, data.content)
-        item = SendRequest(account_id, "person", identity_id, channel, content)
+        item = SendRequest(account_of(request), "person", identity_id, channel, content)
         return await _submit(request, item)
 
     send.__annotations__["data"] = body
@@ -94,20 +92,22 @@ def person_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
         description=f"Sent to person.contactInformation.{field}, from the tenant's Infobip "
         "account (the Infobip extension must be enabled).",
         tags=["Messaging"],
+        guards=[require_api_key],
     )(send)
 
 
 def app_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
     """POST /v1/apps/message/{channel}: a recipient who is not on-boarded."""
 
-    async def send(request: Request[Any, Any, Any], account_id: str, data: Any) -> Response[bytes]:
+    async def send(request: Request[Any, Any, Any], data: Any) -> Response[bytes]:
         content = checked_content(channel, data.content)
         to = (
             normalize_email(data.to, field="to")
             if channel == "email"
             else normalize_phone(data.to, field="to")
         )
-        return await _submit(request, SendRequest(account_id, "app", to, channel, content))
+        item = SendRequest(account_of(request), "app", to, channel, content)
+        return await _submit(request, item)
 
     send.__annotations__["data"] = body
     return post(
@@ -118,6 +118,7 @@ def app_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
         summary=f"Send {channel} to any destination",
         description="Sent from the platform's account to `to`.",
         tags=["Messaging"],
+        guards=[require_api_key],
     )(send)
 
 

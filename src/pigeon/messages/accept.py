@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon.clock import utcnow
 from pigeon.config import Settings
+from pigeon.db.bulk import insert_rows
 from pigeon.db.engine import create_sync_engine, is_busy, is_sqlite
 from pigeon.db.tables import (
     idempotency_keys,
@@ -275,9 +276,8 @@ def _store(
                 }
             )
         results.append(StoredResponse(200, body, replayed=False))
-    if message_rows:
-        conn.execute(messages.insert(), message_rows)
-        conn.execute(message_events.insert(), event_rows)
+    insert_rows(conn, messages, message_rows)
+    insert_rows(conn, message_events, event_rows)
     if key_rows:
         scopes = [r["scope"] for r in key_rows]
         # Only expired records may be replaced; a live one makes the insert fail (see caller).
@@ -286,7 +286,7 @@ def _store(
                 idempotency_keys.c.scope.in_(scopes), idempotency_keys.c.expires_at <= now
             )
         )
-        conn.execute(idempotency_keys.insert(), key_rows)
+        insert_rows(conn, idempotency_keys, key_rows)
     return results
 
 

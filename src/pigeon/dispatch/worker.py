@@ -7,8 +7,7 @@ import os
 import socket
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import delete, or_, select, update
@@ -23,7 +22,7 @@ from pigeon.dispatch.claims import claim_due_messages
 from pigeon.dispatch.registry import ProviderRegistry
 from pigeon.ids import new_token
 from pigeon.messages import status
-from pigeon.messages.reports import StatusReport, apply_status
+from pigeon.messages.reports import StatusReport, apply_status, apply_statuses
 from pigeon.messages.whatsapp import PLATFORM
 from pigeon.providers.base import (
     Outbound,
@@ -132,8 +131,8 @@ class Worker:
         applied = 0
         for provider in self.registry.polling():
             async with self.engine.begin() as conn:
-                for report in await provider.poll_reports(conn=conn):
-                    applied += await apply_status(conn=conn, report=report, source="report")
+                reports = await provider.poll_reports(conn=conn)
+                applied += await apply_statuses(conn=conn, reports=reports, source="report")
         return applied
 
     async def dispatch(self, claimed: Sequence[tuple[Outbound, str | None]]) -> None:
@@ -186,52 +185,70 @@ class Worker:
     async def _record(
         self, group: Sequence[Outbound], outcomes: Sequence[SendOutcome], *, provider_name: str
     ) -> None:
-        """One transaction: an attempt row per message, then its new status or its retry."""
+        """One transaction: an attempt row per message, then new statuses or retries, in bulk."""
         now = utcnow()
+        attempts = [
+            {
+                "message_id": outcome.message_id,
+                "worker_id": self.worker_id,
+                "provider": provider_name,
+                "at": now,
+                "duration_ms": outcome.call.duration_ms if outcome.call else None,
+                "outcome": (
+                    "transient"
+                    if outcome.transient
+                    else "rejected"
+                    if outcome.status.is_final
+                    else "accepted"
+                ),
+                "http_status": outcome.call.http_status if outcome.call else None,
+                "response": outcome.call.body if outcome.call else None,
+                "error": outcome.error,
+            }
+            for outcome in outcomes
+        ]
+        done = [o for o in outcomes if not o.transient]
         async with self.engine.begin() as conn:
+            await conn.execute(delivery_attempts.insert(), attempts)
+            await self._sent(conn, done, provider_name, now)
             for outcome in outcomes:
-                await conn.execute(
-                    delivery_attempts.insert().values(
-                        message_id=outcome.message_id,
-                        worker_id=self.worker_id,
-                        provider=provider_name,
-                        at=now,
-                        duration_ms=outcome.call.duration_ms if outcome.call else None,
-                        outcome=(
-                            "transient"
-                            if outcome.transient
-                            else "rejected"
-                            if outcome.status.is_final
-                            else "accepted"
-                        ),
-                        http_status=outcome.call.http_status if outcome.call else None,
-                        response=outcome.call.body if outcome.call else None,
-                        error=outcome.error,
-                    )
-                )
                 if outcome.transient:
                     await self._retry_later(conn, outcome)
-                else:
-                    await self._sent(conn, outcome, provider_name)
 
-    async def _sent(self, conn: AsyncConnection, outcome: SendOutcome, provider_name: str) -> None:
-        values: dict[str, Any] = {
-            "provider": provider_name,
-            "provider_message_id": outcome.provider_message_id,
-            "attempts": messages.c.attempts + 1,
-            "sent_at": utcnow(),
-            "lease_owner": None,
-            "lease_expires_at": None,
-        }
-        # The provider holds it now: en route (whatever pending name it gave), or refused.
-        new_status = outcome.status if outcome.status.is_final else status.ENROUTE
-        report = StatusReport(outcome.message_id, new_status, outcome.error, outcome.raw)
-        moved = await apply_status(conn=conn, report=report, source="worker", values=values)
-        if not moved:
-            # A delivery report overtook the send: keep the provider's id all the same.
-            await conn.execute(
-                update(messages).where(messages.c.id == outcome.message_id).values(**values)
+    async def _sent(
+        self,
+        conn: AsyncConnection,
+        outcomes: Sequence[SendOutcome],
+        provider_name: str,
+        now: datetime,
+    ) -> None:
+        """The provider holds these now: en route (whatever pending name it gave), or refused."""
+        if not outcomes:
+            return
+        current = await conn.execute(
+            select(messages.c.id, messages.c.attempts).where(
+                messages.c.id.in_([o.message_id for o in outcomes])
             )
+        )
+        tried = {row.id: row.attempts for row in current}
+        sent = {
+            o.message_id: {
+                "provider": provider_name,
+                "provider_message_id": o.provider_message_id,
+                "attempts": tried.get(o.message_id, 0) + 1,
+                "sent_at": now,
+                "lease_owner": None,
+                "lease_expires_at": None,
+            }
+            for o in outcomes
+        }
+        reports = [
+            StatusReport(
+                o.message_id, o.status if o.status.is_final else status.ENROUTE, o.error, o.raw
+            )
+            for o in outcomes
+        ]
+        await apply_statuses(conn=conn, reports=reports, source="worker", sent=sent)
 
     async def _retry_later(self, conn: AsyncConnection, outcome: SendOutcome) -> None:
         now = utcnow()

@@ -17,7 +17,7 @@ from pigeon.db.tables import accounts, messages, platform_state
 from pigeon.errors import Unauthorized
 from pigeon.ids import new_token
 from pigeon.messages import whatsapp
-from pigeon.messages.reports import StatusReport, apply_status
+from pigeon.messages.reports import StatusReport, apply_statuses
 from pigeon.messages.status import Status, status_for
 from pigeon.webhooks.schemas import DeliveryReports, InboundMessages, WebhookAnswer
 
@@ -107,21 +107,27 @@ async def apply_reports(
     *, conn: AsyncConnection, owner: str, payload: DeliveryReports, raw: list[dict[str, Any]]
 ) -> WebhookAnswer:
     """Apply delivery reports idempotently; ids we do not know are logged, not errors."""
-    applied = unknown = 0
+    reported = {item.messageId for item in payload.results}
+    query = select(messages.c.id, messages.c.provider_message_id).where(
+        or_(messages.c.id.in_(reported), messages.c.provider_message_id.in_(reported))
+    )
+    if owner == whatsapp.PLATFORM:
+        query = query.where(messages.c.route == "platform")
+    else:
+        query = query.where(messages.c.account_id == owner, messages.c.route == "tenant")
+    ours: dict[str, str] = {}
+    for row in await conn.execute(query):
+        ours[row.id] = row.id
+        if row.provider_message_id:
+            ours.setdefault(row.provider_message_id, row.id)
+    reports, unknown = [], 0
     for item, original in zip(payload.results, raw, strict=True):
-        query = select(messages.c.id).where(
-            or_(messages.c.id == item.messageId, messages.c.provider_message_id == item.messageId)
-        )
-        if owner == whatsapp.PLATFORM:
-            query = query.where(messages.c.route == "platform")
-        else:
-            query = query.where(messages.c.account_id == owner, messages.c.route == "tenant")
-        message_id = (await conn.execute(query.limit(1))).scalar_one_or_none()
+        message_id = ours.get(item.messageId)
         if message_id is None:
             unknown += 1
             log.warning("report for unknown message", owner=owner, message_id=item.messageId)
             continue
         error = item.error if item.error and item.error.get("id") not in (0, None) else None
-        report = StatusReport(message_id, _reported_status(item), error, original)
-        applied += await apply_status(conn=conn, report=report, source="report")
+        reports.append(StatusReport(message_id, _reported_status(item), error, original))
+    applied = await apply_statuses(conn=conn, reports=reports, source="report")
     return WebhookAnswer(received=len(payload.results), applied=applied, unknown=unknown)

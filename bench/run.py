@@ -1,0 +1,398 @@
+"""`make bench`: Pigeon's ingest and dispatch against the HTTP ceiling of this machine.
+
+Everything runs on 127.0.0.1, bounded in time, and stops by itself:
+1. limit     a bare ASGI app on the same server stack (uvicorn, uvloop, httptools), no database
+2. ingest    Pigeon on SQLite (sandbox, demo tenant), POST /v1/users/{id}/message/sms
+3. ingest    Pigeon on PostgreSQL with `pigeon serve --workers 2`
+4. dispatch  a backlog of SMS from accepted to acknowledged by a fake Infobip, through the worker
+It prints one table and writes it as JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from pigeon.db.engine import create_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the fake Infobip and the PostgreSQL helper live under tests/
+
+from tests.databases import PostgresCluster, _free_port  # noqa: E402
+
+SECONDS = int(os.environ.get("BENCH_SECONDS", "15"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
+BACKLOG = int(os.environ.get("BENCH_BACKLOG", "50000"))
+DEMO_KEY = "AXVubzpwQDU1dzByYM=="
+PYTHON = sys.executable
+
+
+@dataclass
+class Row:
+    name: str
+    requests_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    errors: int = 0
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    share_of_limit: float | None = None
+    notes: str = ""
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MB."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    match = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return round(int(match.group(1)) / 1024, 1) if match else 0.0
+
+
+def family(pid: int) -> list[int]:
+    """A process and its children (uvicorn's workers)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [pid, *(int(p) for p in children.split())]
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def wrk(url: str, run_id: str) -> dict[str, Any]:
+    env = {**os.environ, "PIGEON_BENCH_KEY": DEMO_KEY, "PIGEON_BENCH_RUN": run_id}
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{CONNECTIONS}",
+            f"-d{SECONDS}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(ROOT / "bench" / "ingest.lua"),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=SECONDS + 60,
+        check=True,
+    ).stdout
+    summary: dict[str, Any] = json.loads(out.split("JSON ", 1)[1].splitlines()[0])
+    return summary
+
+
+def row_from(name: str, summary: dict[str, Any], rss: dict[str, float]) -> Row:
+    seconds = summary["duration_us"] / 1e6
+    return Row(
+        name=name,
+        requests_per_s=round(summary["requests"] / seconds, 1),
+        p50_ms=round(summary["p50_us"] / 1000, 2),
+        p99_ms=round(summary["p99_us"] / 1000, 2),
+        errors=summary["non2xx"] + summary["socket_errors"],
+        peak_rss_mb=rss,
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def count(database_url: str, sql: str) -> int:
+    async def run() -> int:
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                return int((await conn.execute(text(sql))).scalar_one())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def bench_limit() -> Row:
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "uvicorn",
+            "bench.limit_app:app",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        summary = wrk(f"http://127.0.0.1:{port}", "limit")
+        return row_from("limit: bare ASGI, 1 process", summary, {"server": peak_rss_mb(server.pid)})
+    finally:
+        stop(server)
+
+
+def pigeon_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIGEON_")}
+    env.update(
+        PIGEON_DATABASE_URL=database_url,
+        PIGEON_PORT=str(port),
+        PIGEON_DEMO="1",
+        PIGEON_LOG_LEVEL="WARNING",
+        **extra,
+    )
+    return env
+
+
+def bench_ingest(name: str, database_url: str, *args: str) -> Row:
+    port = _free_port()
+    env = pigeon_env(database_url, port)
+    server = subprocess.Popen(
+        [PYTHON, "-m", "pigeon", "serve", "--no-worker", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run_id = f"bench{int(time.time())}"
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        time.sleep(1)
+        pids = family(server.pid)
+        summary = wrk(f"http://127.0.0.1:{port}", run_id)
+        rss = {f"api{i}" if i else "api": peak_rss_mb(p) for i, p in enumerate(pids)}
+    finally:
+        stop(server)
+    row = row_from(name, summary, rss)
+    stored = count(
+        database_url, f"SELECT count(*) FROM idempotency_keys WHERE key LIKE '{run_id}-%'"
+    )
+    accepted = summary["requests"] - summary["non2xx"]
+    # wrk counts answers it read; a request in flight when it stopped may be stored unanswered.
+    lost = max(accepted - stored, 0)
+    row.notes = f"accepted {accepted}, stored {stored}, lost {lost}"
+    if lost:
+        row.errors += lost
+    return row
+
+
+def make_backlog(database_url: str, total: int) -> None:
+    """Queue `total` accepted SMS straight into the database (the accept path is not measured)."""
+    from pigeon.clock import utcnow
+    from pigeon.db.tables import message_events, messages
+    from pigeon.ids import new_message_id
+
+    async def run() -> None:
+        engine = create_engine(database_url)
+        try:
+            now = utcnow()
+            for start in range(0, total, 5000):
+                rows, events = [], []
+                for i in range(start, min(start + 5000, total)):
+                    message_id = new_message_id()
+                    rows.append(
+                        {
+                            "id": message_id,
+                            "account_id": "634b56217f6a7b0be52d0000",
+                            "channel": "sms",
+                            "recipient_type": "app",
+                            "recipient_id": None,
+                            "destination": f"38598{i:06d}1",
+                            "route": "platform",
+                            "sender": "Pigeon",
+                            "content": {"text": f"backlog {i}"},
+                            "status_id": 26,
+                            "group_id": 1,
+                            "attempts": 0,
+                            "next_attempt_at": now,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                    )
+                    events.append(
+                        {"message_id": message_id, "status_id": 26, "source": "api", "at": now}
+                    )
+                async with engine.begin() as conn:
+                    await conn.execute(messages.insert(), rows)
+                    await conn.execute(message_events.insert(), events)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def bench_dispatch(database_url: str) -> Row:
+    fake_port, api_port = _free_port(), _free_port()
+    fake = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "tests.fakes.infobip",
+            "--port",
+            str(fake_port),
+            "--api-key",
+            "bench-key",
+            "--report-delay",
+            "3600",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = pigeon_env(
+        database_url,
+        api_port,
+        PIGEON_PROVIDER="infobip",
+        PIGEON_INFOBIP_BASE_URL=f"http://127.0.0.1:{fake_port}",
+        PIGEON_INFOBIP_API_KEY="bench-key",
+        PIGEON_SECRET_KEY="bench-secret",
+        PIGEON_WORKER_BATCH_SIZE="1000",
+    )
+    subprocess.run(
+        [PYTHON, "-m", "pigeon", "db", "upgrade"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [PYTHON, "-m", "pigeon", "demo"], env=env, cwd=ROOT, check=True, capture_output=True
+    )
+    make_backlog(database_url, BACKLOG)
+    worker = None
+    try:
+        wait_http(f"http://127.0.0.1:{fake_port}/__fake/summary")
+        started = time.monotonic()
+        worker = subprocess.Popen(
+            [PYTHON, "-m", "pigeon", "worker", "--concurrency", "2"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = started + max(120, SECONDS * 20)
+        pending = BACKLOG
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.5)
+            pending = count(database_url, "SELECT count(*) FROM messages WHERE status_id = 26")
+        elapsed = time.monotonic() - started
+        rss = {"worker": peak_rss_mb(worker.pid), "fake": peak_rss_mb(fake.pid)}
+        summary = httpx.get(f"http://127.0.0.1:{fake_port}/__fake/summary", timeout=60).json()
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(fake)
+    sent = BACKLOG - pending
+    row = Row(
+        name=f"dispatch: {BACKLOG} SMS to fake Infobip",
+        peak_rss_mb=rss,
+        requests_per_s=round(sent / elapsed, 1),
+        errors=pending,
+    )
+    row.notes = (
+        f"messages/s from accepted to acknowledged; {summary['requests']} Infobip "
+        f"requests, {sum(n - 1 for n in summary['duplicates'].values())} duplicates"
+    )
+    return row
+
+
+def print_table(rows: list[Row]) -> None:
+    header = (
+        f"{'run':44} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'of limit':>8}"
+        "  peak RSS MB"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        share = f"{r.share_of_limit:.1%}" if r.share_of_limit is not None else ""
+        rss = ", ".join(f"{k} {v}" for k, v in r.peak_rss_mb.items())
+        print(
+            f"{r.name:44} {r.requests_per_s:>9.1f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
+            f"{r.errors:>6} {share:>8}  {rss}"
+        )
+        if r.notes:
+            print(f"{'':44} {r.notes}")
+
+
+def main() -> int:
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: make bench installs it (apt-get install wrk)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="pigeon-bench-"))
+    rows: list[Row] = [bench_limit()]
+    limit = rows[0].requests_per_s
+    sqlite_url = f"sqlite:///{work / 'ingest.db'}"
+    rows.append(bench_ingest("ingest: SQLite, 1 process", sqlite_url))
+    cluster = PostgresCluster()
+    cluster.start()
+    try:
+        rows.append(
+            bench_ingest(
+                "ingest: PostgreSQL, --workers 2", cluster.new_database(), "--workers", "2"
+            )
+        )
+        rows.append(bench_dispatch(cluster.new_database()))
+    finally:
+        cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    for r in rows[1:3]:
+        r.share_of_limit = round(r.requests_per_s / limit, 4) if limit else None
+    print()
+    print_table(rows)
+    results = ROOT / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = results / f"{stamp}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "when": stamp,
+                "seconds": SECONDS,
+                "connections": CONNECTIONS,
+                "rows": [asdict(r) for r in rows],
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwritten to {out.relative_to(ROOT)}")
+    return 0 if all(r.errors == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -300,7 +300,7 @@ def bench_dispatch(database_url: str) -> Row:
         wait_http(f"http://127.0.0.1:{fake_port}/__fake/summary")
         started = time.monotonic()
         worker = subprocess.Popen(
-            [PYTHON, "-m", "pigeon", "worker", "--concurrency", "2"],
+            [PYTHON, "-m", "pigeon", "worker", "--concurrency", "4"],
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,

@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+import msgspec
 import structlog
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -25,6 +26,7 @@ from pigeon.messages import status
 from pigeon.messages.reports import StatusReport, apply_status, apply_statuses
 from pigeon.messages.whatsapp import PLATFORM
 from pigeon.providers.base import (
+    BODY_LIMIT,
     Outbound,
     PermanentError,
     ProviderError,
@@ -77,6 +79,13 @@ def _outcomes_for_error(batch: Sequence[Outbound], exc: ProviderError) -> list[S
             for m in batch
         ]
     return [SendOutcome(m.message_id, status.REJECTED, error=error, call=exc.call) for m in batch]
+
+
+def _response_text(outcome: SendOutcome) -> str | None:
+    """What the provider answered about this message: its own entry of a batch answer."""
+    if outcome.raw is not None:
+        return msgspec.json.encode(outcome.raw).decode()[:BODY_LIMIT]
+    return outcome.call.body if outcome.call else None
 
 
 class Worker:
@@ -202,7 +211,7 @@ class Worker:
                     else "accepted"
                 ),
                 "http_status": outcome.call.http_status if outcome.call else None,
-                "response": outcome.call.body if outcome.call else None,
+                "response": _response_text(outcome),
                 "error": outcome.error,
             }
             for outcome in outcomes

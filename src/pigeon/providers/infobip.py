@@ -276,11 +276,18 @@ def _entries(body: Any) -> list[Mapping[str, Any]]:
     return [m for m in messages if isinstance(m, Mapping)] if isinstance(messages, list) else []
 
 
-def _match(message: Outbound, entries: list[Mapping[str, Any]], index: int) -> Mapping[str, Any]:
+def _match(
+    message: Outbound,
+    entries: list[Mapping[str, Any]],
+    index: int,
+    by_id: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Mapping[str, Any]:
     """The entry for our message: by the messageId we sent, else by position."""
-    for entry in entries:
-        if str(entry.get("messageId")) == message.message_id:
-            return entry
+    if by_id is None:
+        by_id = {str(entry.get("messageId")): entry for entry in entries}
+    found = by_id.get(message.message_id)
+    if found is not None:
+        return found
     return entries[index] if index < len(entries) else {}
 
 
@@ -342,7 +349,8 @@ class InfobipProvider:
         reply = await self._request("POST", SMS_PATH, json_body=body)
         _raise_for(reply)
         entries = _entries(reply.body)
-        return [_accepted(m, _match(m, entries, i), reply) for i, m in enumerate(batch)]
+        by_id = {str(entry.get("messageId")): entry for entry in entries}
+        return [_accepted(m, _match(m, entries, i, by_id), reply) for i, m in enumerate(batch)]
 
     def _sms_message(self, message: Outbound) -> dict[str, Any]:
         """One SMS v3 message entry with our id as the destination's messageId."""

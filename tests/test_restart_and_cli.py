@@ -158,3 +158,81 @@ def test_two_migration_runs_at_the_same_moment_both_succeed(tmp_path: Path) -> N
     results = [run.communicate(timeout=120) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], results
     assert count_rows(server.env["PIGEON_DATABASE_URL"], "alembic_version") == 1
+
+
+def test_serve_refuses_several_processes_on_sqlite(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    server = make_server(tmp_path, PIGEON_DEMO="0")
+    if not server.env["PIGEON_DATABASE_URL"].startswith("sqlite"):
+        return  # PostgreSQL takes --workers N; tests/test_scale_postgres.py runs it
+    result = subprocess.run(
+        [sys.executable, "-m", "pigeon", "serve", "--workers", "2"],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--workers > 1 needs PostgreSQL" in result.stderr
+
+
+def test_a_reclaimed_message_the_provider_already_holds_is_not_sent_again(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from sqlalchemy import select, update
+
+    from pigeon.db.engine import create_engine
+    from pigeon.db.tables import delivery_attempts, messages
+
+    api_only = make_server(tmp_path, "--no-worker")
+    api_only.start()
+    try:
+        with api_only.client(DEMO_KEY) as client:
+            [message_id] = queue_messages(client, 1)
+    finally:
+        api_only.stop()
+    url = api_only.env["PIGEON_DATABASE_URL"]
+
+    async def mark_as_sent() -> None:
+        # As if a worker died after the provider accepted it and its id was stored.
+        engine = create_engine(url)
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id)
+                .values(provider_message_id="provider-already-has-it")
+            )
+        await engine.dispose()
+
+    async def attempts() -> list[str]:
+        engine = create_engine(url)
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                select(delivery_attempts.c.outcome).where(
+                    delivery_attempts.c.message_id == message_id
+                )
+            )
+            outcomes = [row.outcome for row in rows]
+        await engine.dispose()
+        return outcomes
+
+    asyncio.run(mark_as_sent())
+    full = make_server(tmp_path, PIGEON_DATABASE_URL=url)
+    full.start()
+    try:
+        with full.client(DEMO_KEY) as client:
+            deadline = time.monotonic() + 10
+            while client.get(f"/v1/messages/{message_id}").json()["status"]["id"] == 26:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            message = client.get(f"/v1/messages/{message_id}").json()
+    finally:
+        full.stop()
+    assert message["status"]["name"] == "PENDING_ENROUTE"
+    assert message["providerMessageId"] == "provider-already-has-it"
+    assert asyncio.run(attempts()) == ["skipped"]

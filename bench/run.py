@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import text
 
 from pigeon.db.engine import create_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the fake Infobip and the PostgreSQL helper live under tests/
 
-from tests.databases import PostgresCluster, _free_port  # noqa: E402
+from tests.databases import PostgresCluster, _free_port, scalar  # noqa: E402
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "15"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
@@ -127,15 +126,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def count(database_url: str, sql: str) -> int:
-    async def run() -> int:
-        engine = create_engine(database_url)
-        try:
-            async with engine.connect() as conn:
-                return int((await conn.execute(text(sql))).scalar_one())
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    return int(scalar(database_url, sql))
 
 
 def bench_limit() -> Row:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -16,10 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
-from pigeon.db.engine import create_engine
-from tests.databases import Databases
+from tests.databases import Databases, scalar
 from tests.factories import Tenant, create_tenant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,13 +186,4 @@ def wait_for_final(client: httpx.Client, message_id: str, timeout: float = 10) -
 
 def count_rows(database_url: str, table: str) -> int:
     """How many rows a table of a Pigeon database holds."""
-
-    async def count() -> int:
-        engine = create_engine(database_url)
-        try:
-            async with engine.connect() as conn:
-                return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(count())
+    return int(scalar(database_url, f"SELECT count(*) FROM {table}"))

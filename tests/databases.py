@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -107,6 +108,23 @@ class PostgresCluster:
 
         asyncio.run(create())
         return self.url(name)
+
+
+def scalar(database_url: str, sql: str) -> Any:
+    """The single value a SQL query returns, from any Pigeon database."""
+    from sqlalchemy import text
+
+    from pigeon.db.engine import create_engine
+
+    async def run() -> Any:
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                return (await conn.execute(text(sql))).scalar_one()
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
 
 
 class Databases:

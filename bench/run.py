@@ -333,10 +333,10 @@ def print_table(rows: list[Row]) -> None:
     for r in rows:
         share = f"{r.share_of_limit:.1%}" if r.share_of_limit is not None else ""
         rss = ", ".join(f"{k} {v}" for k, v in r.peak_rss_mb.items())
-        print(
-            f"{r.name:44} {r.requests_per_s:>9.1f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
-            f"{r.errors:>6} {share:>8}  {rss}"
+        latency = (
+            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f}" if r.p50_ms or r.p99_ms else f"{'-':>8} {'-':>8}"
         )
+        print(f"{r.name:44} {r.requests_per_s:>9.1f} {latency} {r.errors:>6} {share:>8}  {rss}")
         if r.notes:
             print(f"{'':44} {r.notes}")
 

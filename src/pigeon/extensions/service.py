@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from email.utils import parseaddr
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,20 +13,11 @@ from pigeon.accounts.service import get_account, key_hint
 from pigeon.clock import utcnow
 from pigeon.config import Settings
 from pigeon.db.tables import infobip_extensions
-from pigeon.errors import NotFound, Unprocessable, field_error
+from pigeon.errors import NotFound, field_error
 from pigeon.extensions.crypto import encrypt_secret
 from pigeon.extensions.schemas import InfobipExtension, InfobipExtensionIn, Webhooks
 from pigeon.identities.sync import request_sync_all
 from pigeon.validation import normalize_email, normalize_phone
-
-
-@dataclass(frozen=True, slots=True)
-class TenantRoute:
-    """The tenant's senders, as the accept path needs them."""
-
-    sms_sender: str | None
-    whatsapp_sender: str | None
-    email_sender: str | None
 
 
 def webhook_urls(base_url: str, owner: str, token: str) -> Webhooks:
@@ -122,19 +112,3 @@ async def delete_extension(*, conn: AsyncConnection, account_id: str) -> None:
     )
     if result.rowcount == 0:
         raise _not_enabled()
-
-
-async def tenant_route(*, conn: AsyncConnection, account_id: str) -> TenantRoute:
-    """The tenant's sending account; a 422 saying so when the extension is off."""
-    row = await _row(conn, account_id)
-    if row is None:
-        raise Unprocessable(
-            "messaging Persons needs the Infobip extension: enable it with "
-            "PUT /v1/extensions/infobip",
-            code="infobip_extension_not_enabled",
-        )
-    return TenantRoute(
-        sms_sender=row.sms_sender,
-        whatsapp_sender=row.whatsapp_sender,
-        email_sender=row.email_sender,
-    )

@@ -10,6 +10,7 @@ It prints one table and writes it as JSON under bench/results/.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -38,6 +39,7 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "50000"))
 DEMO_KEY = "AXVubzpwQDU1dzByYM=="
 PYTHON = sys.executable
+RUNS = ("sqlite", "postgresql", "dispatch")
 
 
 @dataclass
@@ -342,30 +344,46 @@ def print_table(rows: list[Row]) -> None:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=RUNS,
+        help="run only these rows (repeatable); the limit always runs, for the ratios",
+    )
+    only = set(parser.parse_args().only or RUNS)
     if shutil.which("wrk") is None:
         print("wrk is not installed: make bench installs it (apt-get install wrk)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="pigeon-bench-"))
     rows: list[Row] = [bench_limit()]
     limit = rows[0].requests_per_s
-    sqlite_url = f"sqlite:///{work / 'ingest.db'}"
-    rows.append(bench_ingest("ingest: SQLite, 1 process", sqlite_url))
-    cluster = PostgresCluster()
-    cluster.start()
+    if "sqlite" in only:
+        sqlite_url = f"sqlite:///{work / 'ingest.db'}"
+        rows.append(bench_ingest("ingest: SQLite, 1 process", sqlite_url))
+    cluster = PostgresCluster() if only & {"postgresql", "dispatch"} else None
+    if cluster is not None:
+        cluster.start()
     try:
-        rows.append(
-            bench_ingest(
-                "ingest: PostgreSQL, --workers 2", cluster.new_database(), "--workers", "2"
+        if cluster is not None and "postgresql" in only:
+            rows.append(
+                bench_ingest(
+                    "ingest: PostgreSQL, --workers 2", cluster.new_database(), "--workers", "2"
+                )
             )
-        )
-        rows.append(bench_dispatch(cluster.new_database()))
+        if cluster is not None and "dispatch" in only:
+            rows.append(bench_dispatch(cluster.new_database()))
     finally:
-        cluster.stop()
+        if cluster is not None:
+            cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
-    for r in rows[1:3]:
-        r.share_of_limit = round(r.requests_per_s / limit, 4) if limit else None
+    for r in rows:
+        if r.name.startswith("ingest"):
+            r.share_of_limit = round(r.requests_per_s / limit, 4) if limit else None
     print()
     print_table(rows)
+    if only != set(RUNS):
+        return 0 if all(r.errors == 0 for r in rows) else 1
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

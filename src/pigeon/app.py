@@ -19,6 +19,7 @@ from pigeon.accounts.service import KeyAuthenticator
 from pigeon.api import extensions, health, identities, messages, users, webhooks
 from pigeon.api.deps import Services, provide_account_id
 from pigeon.api.problems import EXCEPTION_HANDLERS
+from pigeon.api.sendpath import SendFastPath
 from pigeon.config import Settings
 from pigeon.db.engine import create_engine, is_sqlite
 from pigeon.dispatch.worker import Worker
@@ -39,8 +40,9 @@ def _wake(worker: Worker | None) -> None:
         worker.wake.set()
 
 
-def create_app(settings: Settings | None = None, *, run_worker: bool | None = None) -> Litestar:
-    """Build the app; the worker runs in-process unless disabled."""
+def create_app(settings: Settings | None = None, *, run_worker: bool | None = None) -> SendFastPath:
+    """Build the app, behind the send routes' fast path; the worker runs in-process unless
+    disabled."""
     settings = settings or Settings()
     with_worker = settings.worker_enabled if run_worker is None else run_worker
 
@@ -90,7 +92,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             if reader is not engine:
                 await reader.dispose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             users.router,
             identities.router,
@@ -122,9 +124,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         debug=False,
         logging_config=None,
     )
+    return SendFastPath(app, lambda: app.state.services)
 
 
-def app_from_environment() -> Litestar:
+def app_from_environment() -> SendFastPath:
     """The app as each `pigeon serve --workers N` process builds it: settings from PIGEON_*."""
     from pigeon.logging import configure_logging
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +34,12 @@ def services(request: Request[Any, Any, Any]) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-def api_key_from(request: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+def api_key_from(headers: Mapping[str, str]) -> str | None:
     """The key from `x-api-key`, or `Authorization: <key>` / `Authorization: Bearer <key>`."""
-    key = request.headers.get("x-api-key")
+    key = headers.get("x-api-key")
     if key:
         return key.strip()
-    authorization = request.headers.get("authorization", "").strip()
+    authorization = headers.get("authorization", "").strip()
     if authorization.lower().startswith("bearer "):
         return authorization[7:].strip() or None
     return authorization or None
@@ -46,7 +47,7 @@ def api_key_from(request: ASGIConnection[Any, Any, Any, Any]) -> str | None:
 
 async def provide_account_id(request: Request[Any, Any, Any]) -> str:
     """Authenticate the request; its account id."""
-    return await services(request).auth.authenticate(api_key_from(request))
+    return await services(request).auth.authenticate(api_key_from(request.headers))
 
 
 ACCOUNT = "pigeon.account_id"
@@ -58,7 +59,7 @@ async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: obj
     Cheaper than dependency injection; the account id waits in the scope for the handler.
     """
     auth = connection.app.state.services.auth
-    connection.scope[ACCOUNT] = await auth.authenticate(api_key_from(connection))  # type: ignore[literal-required]
+    connection.scope[ACCOUNT] = await auth.authenticate(api_key_from(connection.headers))  # type: ignore[literal-required]
 
 
 def account_of(request: Request[Any, Any, Any]) -> str:

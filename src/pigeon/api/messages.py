@@ -36,13 +36,33 @@ SEND_RESPONSES = {200: ResponseSpec(SendResponse, description="Message processin
 TEXT_CHANNELS: tuple[Channel, ...] = ("sms", "whatsapp")
 
 
+def send_request(
+    kind: str, channel: Channel, account_id: str, path_id: str | None, data: Any
+) -> SendRequest:
+    """A decoded send body as a SendRequest: content checked, an app's `to` normalised."""
+    content = checked_content(channel, data.content)
+    if kind != "app":
+        return SendRequest(account_id, kind, path_id or "", channel, content)
+    to = (
+        normalize_email(data.to, field="to")
+        if channel == "email"
+        else normalize_phone(data.to, field="to")
+    )
+    return SendRequest(account_id, "app", to, channel, content)
+
+
+def scope_send(item: SendRequest, method: str, path: str, key: str | None, body: bytes) -> None:
+    """Scope a send to its `idempotency-key` (if any): the pipeline replays a repeated one."""
+    if key is not None:
+        item.scope = (item.account_id, method, path, check_key(key))
+        item.scope_id = scope_id(item.scope)
+        item.fingerprint = fingerprint(body)
+
+
 async def _submit(request: Request[Any, Any, Any], item: SendRequest) -> Response[bytes]:
     """Hand a validated send to the group-commit pipeline; answer once it is durable."""
     key = request.headers.get("idempotency-key")
-    if key is not None:
-        item.scope = (item.account_id, request.method, request.url.path, check_key(key))
-        item.scope_id = scope_id(item.scope)
-        item.fingerprint = fingerprint(await request.body())
+    scope_send(item, request.method, request.url.path, key, await request.body())
     result = await services(request).accept.submit(item)
     return Response(
         content=result.body,
@@ -52,74 +72,69 @@ async def _submit(request: Request[Any, Any, Any], item: SendRequest) -> Respons
     )
 
 
+def _route(body: type[Any], path: str, send: Any, **options: Any) -> HTTPRouteHandler:
+    send.__annotations__["data"] = body
+    return post(
+        path,
+        status_code=200,
+        responses=SEND_RESPONSES,
+        tags=["Messaging"],
+        guards=[require_api_key],
+        **options,
+    )(send)
+
+
 def user_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
     """POST /v1/users/{id}/message/{channel}."""
 
     async def send(request: Request[Any, Any, Any], user_id: str, data: Any) -> Response[bytes]:
-        content = checked_content(channel, data.content)
-        item = SendRequest(account_of(request), "user", user_id, channel, content)
-        return await _submit(request, item)
+        return await _submit(
+            request, send_request("user", channel, account_of(request), user_id, data)
+        )
 
-    send.__annotations__["data"] = body
-    return post(
+    return _route(
+        body,
         f"/v1/users/{{user_id:str}}/message/{channel}",
-        status_code=200,
-        responses=SEND_RESPONSES,
+        send,
         operation_id=f"sendUser{channel.title()}",
         summary=f"Send {channel} to a User",
         description=f"Sent to the User's channel.{channel}, from the platform's account.",
-        tags=["Messaging"],
-        guards=[require_api_key],
-    )(send)
+    )
 
 
 def person_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
     """POST /v1/identities/{id}/person/message/{channel}."""
 
     async def send(request: Request[Any, Any, Any], identity_id: str, data: Any) -> Response[bytes]:
-        content = checked_content(channel, data.content)
-        item = SendRequest(account_of(request), "person", identity_id, channel, content)
+        item = send_request("person", channel, account_of(request), identity_id, data)
         return await _submit(request, item)
 
-    send.__annotations__["data"] = body
     field = "email[0].address" if channel == "email" else "phone[0].number"
-    return post(
+    return _route(
+        body,
         f"/v1/identities/{{identity_id:str}}/person/message/{channel}",
-        status_code=200,
-        responses=SEND_RESPONSES,
+        send,
         operation_id=f"sendPerson{channel.title()}",
         summary=f"Send {channel} to a Person",
         description=f"Sent to person.contactInformation.{field}, from the tenant's Infobip "
         "account (the Infobip extension must be enabled).",
-        tags=["Messaging"],
-        guards=[require_api_key],
-    )(send)
+    )
 
 
 def app_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
     """POST /v1/apps/message/{channel}: a recipient who is not on-boarded."""
 
     async def send(request: Request[Any, Any, Any], data: Any) -> Response[bytes]:
-        content = checked_content(channel, data.content)
-        to = (
-            normalize_email(data.to, field="to")
-            if channel == "email"
-            else normalize_phone(data.to, field="to")
-        )
-        item = SendRequest(account_of(request), "app", to, channel, content)
-        return await _submit(request, item)
+        return await _submit(request, send_request("app", channel, account_of(request), None, data))
 
-    send.__annotations__["data"] = body
-    return post(
+    return _route(
+        body,
         f"/v1/apps/message/{channel}",
-        status_code=200,
-        responses=SEND_RESPONSES,
+        send,
         operation_id=f"sendApp{channel.title()}",
         summary=f"Send {channel} to any destination",
         description="Sent from the platform's account to `to`.",
-        tags=["Messaging"],
-        guards=[require_api_key],
-    )(send)
+    )
 
 
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="page size")]
@@ -165,18 +180,20 @@ async def list_messages(
         )
 
 
-def _bodies(channel: Channel) -> tuple[type[Any], type[Any]]:
-    if channel == "email":
-        return EmailMessageIn, AppEmailMessageIn
-    if channel == "whatsapp":
-        return WhatsAppMessageIn, AppWhatsAppMessageIn
-    return TextMessageIn, AppTextMessageIn
-
-
+SEND_BODIES: dict[tuple[str, Channel], type[Any]] = {
+    ("user", "sms"): TextMessageIn,
+    ("person", "sms"): TextMessageIn,
+    ("app", "sms"): AppTextMessageIn,
+    ("user", "whatsapp"): WhatsAppMessageIn,
+    ("person", "whatsapp"): WhatsAppMessageIn,
+    ("app", "whatsapp"): AppWhatsAppMessageIn,
+    ("user", "email"): EmailMessageIn,
+    ("person", "email"): EmailMessageIn,
+    ("app", "email"): AppEmailMessageIn,
+}
+SEND_FACTORIES = {"user": user_send_handler, "person": person_send_handler, "app": app_send_handler}
 send_handlers = [
-    factory(channel, _bodies(channel)[1 if factory is app_send_handler else 0])
-    for channel in ("sms", "whatsapp", "email")
-    for factory in (user_send_handler, person_send_handler, app_send_handler)
+    SEND_FACTORIES[kind](channel, body) for (kind, channel), body in SEND_BODIES.items()
 ]
 
 router = Router("/", route_handlers=[*send_handlers, get_message, list_messages])

@@ -18,16 +18,15 @@ PROBLEM_JSON = "application/problem+json"
 _BACKTICKED = re.compile(r"`([^`]+)`")
 
 
-def problem(
+def problem_body(
     status: int,
     code: str,
     detail: str,
     *,
     instance: str | None = None,
     errors: list[dict[str, str]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response[bytes]:
-    """A problem-details response."""
+) -> bytes:
+    """The JSON of a problem-details answer."""
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
@@ -39,8 +38,21 @@ def problem(
         body["instance"] = instance
     if errors:
         body["errors"] = errors
+    return msgspec.json.encode(body)
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[bytes]:
+    """A problem-details response."""
     return Response(
-        content=msgspec.json.encode(body),
+        content=problem_body(status, code, detail, instance=instance, errors=errors),
         status_code=status,
         media_type=PROBLEM_JSON,
         headers=headers,

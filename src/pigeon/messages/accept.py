@@ -6,14 +6,17 @@ the rules to each request, writes every message, first event and idempotency rec
 commits once. Each request is answered when the commit that holds it is done: durable before
 the answer, without one commit (and one fsync) per request (group commit).
 
-On SQLite the batch runs on a plain sqlite3 connection, on the event loop's own thread (no
-thread hop); on PostgreSQL it runs on the async engine.
+On SQLite the batch runs on a plain sqlite3 connection on the event loop's own thread, except
+for its COMMIT (and fsync), which a writer thread runs while the loop goes on parsing requests;
+on PostgreSQL the batch runs on the async engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +31,7 @@ from pigeon.clock import utcnow
 from pigeon.config import Settings
 from pigeon.db.bulk import insert_rows
 from pigeon.db.engine import create_sync_engine, is_busy, is_sqlite
+from pigeon.db.lookup import rows_by_key
 from pigeon.db.tables import (
     idempotency_keys,
     identities,
@@ -53,6 +57,7 @@ from pigeon.messages.whatsapp import PLATFORM
 
 log = structlog.get_logger("pigeon.accept")
 MAX_BATCH = 256
+SWITCH_INTERVAL = 0.0005  # seconds
 BUSY_DEADLINE = 30.0  # seconds a batch waits for SQLite's write lock before failing
 Outcome = StoredResponse | PigeonError
 
@@ -72,14 +77,15 @@ class SendRequest:
     future: asyncio.Future[Outcome] | None = field(default=None, repr=False)
 
 
+_RECORD = ("scope", "fingerprint", "status_code", "response_body", "expires_at")
+
+
 def _ids(items: Sequence[SendRequest], kind: str) -> list[str]:
     return sorted({i.recipient for i in items if i.recipient_type == kind})
 
 
-def _by_id(conn: Connection, table: Any, ids: list[str]) -> dict[str, Any]:
-    if not ids:
-        return {}
-    return {row.id: row for row in conn.execute(select(table).where(table.c.id.in_(ids)))}
+def _by_key(conn: Connection, table: Any, key: str, values: list[str]) -> dict[str, Any]:
+    return {getattr(row, key): row for row in rows_by_key(conn, table, key, values)}
 
 
 class _Batch:
@@ -88,33 +94,18 @@ class _Batch:
     def __init__(self, conn: Connection, items: Sequence[SendRequest], now: datetime) -> None:
         self.conn = conn
         self.now = now
-        self.users = _by_id(conn, users, _ids(items, "user"))
-        self.identities = _by_id(conn, identities, _ids(items, "person"))
+        self.users = _by_key(conn, users, "id", _ids(items, "user"))
+        self.identities = _by_key(conn, identities, "id", _ids(items, "person"))
         accounts = sorted({i.account_id for i in items if i.recipient_type == "person"})
-        self.extensions = {
-            row.account_id: row
-            for row in (
-                conn.execute(
-                    select(infobip_extensions).where(infobip_extensions.c.account_id.in_(accounts))
-                )
-                if accounts
-                else []
-            )
-        }
-        self.records = self._idempotency_records([i.scope_id for i in items if i.scope_id])
-
-    def _idempotency_records(self, scopes: list[str]) -> dict[str, Any]:
-        if not scopes:
-            return {}
-        rows = self.conn.execute(
-            select(
-                idempotency_keys.c.scope,
-                idempotency_keys.c.fingerprint,
-                idempotency_keys.c.status_code,
-                idempotency_keys.c.response_body,
-            ).where(idempotency_keys.c.scope.in_(scopes), idempotency_keys.c.expires_at > self.now)
-        )
-        return {r.scope: r for r in rows}
+        self.extensions = _by_key(conn, infobip_extensions, "account_id", accounts)
+        self.records: dict[str, Any] = {}
+        self.expired: list[str] = []  # scopes whose old record the batch may replace
+        scopes = [i.scope_id for i in items if i.scope_id]
+        for record in rows_by_key(conn, idempotency_keys, "scope", scopes, _RECORD):
+            if record.expires_at > now:
+                self.records[record.scope] = record
+            else:
+                self.expired.append(record.scope)
 
     def last_inbound(self, triples: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], Any]:
         if not triples:
@@ -179,10 +170,31 @@ def _window_key(draft: Draft) -> tuple[str, str, str]:
     return owner, draft.sender or "", draft.destination
 
 
+@dataclass(slots=True)
+class Writes:
+    """The rows a planned batch inserts: its messages, their first events, idempotency records."""
+
+    now: datetime
+    expired: list[str]  # scopes of expired idempotency records to replace
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    keys: list[dict[str, Any]] = field(default_factory=list)
+
+
 def accept_batch(
     conn: Connection, items: Sequence[SendRequest], settings: Settings
 ) -> list[Outcome]:
     """Accept a batch in the caller's transaction: an outcome per request, in order."""
+    outcomes, writes = plan_batch(conn, items, settings)
+    write_batch(conn, writes)
+    return outcomes
+
+
+def plan_batch(
+    conn: Connection, items: Sequence[SendRequest], settings: Settings
+) -> tuple[list[Outcome], Writes]:
+    """Read what the batch needs and apply the rules: each request's outcome, and the rows
+    to insert for those accepted (by `write_batch`, in the same transaction)."""
     now = utcnow()
     batch = _Batch(conn, items, now)
     outcomes: list[Outcome | Draft] = []
@@ -212,7 +224,7 @@ def accept_batch(
                 )
             except PigeonError as exc:
                 outcomes[index] = exc
-    return _store(conn, items, outcomes, now, settings)
+    return _rows(items, outcomes, Writes(now, batch.expired), settings)
 
 
 def _replay(record: Any, item: SendRequest) -> Outcome:
@@ -224,14 +236,15 @@ def _replay(record: Any, item: SendRequest) -> Outcome:
     return StoredResponse(record.status_code, record.response_body.encode(), replayed=True)
 
 
-def _store(
-    conn: Connection,
+def _rows(
     items: Sequence[SendRequest],
     outcomes: list[Outcome | Draft],
-    now: datetime,
+    writes: Writes,
     settings: Settings,
-) -> list[Outcome]:
-    message_rows, event_rows, key_rows, results = [], [], [], []
+) -> tuple[list[Outcome], Writes]:
+    now = writes.now
+    message_rows, event_rows, key_rows = writes.messages, writes.events, writes.keys
+    results: list[Outcome] = []
     expires = now + timedelta(seconds=settings.idempotency_ttl_seconds)
     for item, outcome in zip(items, outcomes, strict=True):
         if not isinstance(outcome, Draft):
@@ -276,18 +289,32 @@ def _store(
                 }
             )
         results.append(StoredResponse(200, body, replayed=False))
-    insert_rows(conn, messages, message_rows)
-    insert_rows(conn, message_events, event_rows)
-    if key_rows:
-        scopes = [r["scope"] for r in key_rows]
+    return results, writes
+
+
+def write_batch(conn: Connection, writes: Writes) -> None:
+    """Insert a planned batch's rows, in the caller's transaction."""
+    insert_rows(conn, messages, writes.messages)
+    insert_rows(conn, message_events, writes.events)
+    if writes.expired:
         # Only expired records may be replaced; a live one makes the insert fail (see caller).
         conn.execute(
             delete(idempotency_keys).where(
-                idempotency_keys.c.scope.in_(scopes), idempotency_keys.c.expires_at <= now
+                idempotency_keys.c.scope.in_(writes.expired),
+                idempotency_keys.c.expires_at <= writes.now,
             )
         )
-        insert_rows(conn, idempotency_keys, key_rows)
-    return results
+    insert_rows(conn, idempotency_keys, writes.keys)
+
+
+def _commit_driver(conn: Connection) -> None:
+    """The SQLite writer thread's part of a batch: COMMIT, with its fsync.
+
+    Straight on the driver's connection: sqlite3 releases the GIL for the whole COMMIT, and
+    the thread takes the GIL back only to return. (SQLAlchemy's own commit, which follows on
+    the loop, then finds no transaction open and does nothing.)
+    """
+    conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
 
 
 def _message_row(message_id: str, draft: Draft, now: datetime) -> dict[str, Any]:
@@ -335,13 +362,18 @@ class AcceptPipeline:
         self._in_flight: set[Scope] = set()
         self._writer: asyncio.Task[None] | None = None
         self._stopping = False
-        # SQLite: the batch runs right on the event loop's thread. A thread hop would cost more
-        # than the batch (the GIL hands over at most every few milliseconds), and a batch of
-        # local inserts plus one commit takes well under a millisecond per dozen requests.
+        # SQLite: the batch runs on the event loop's thread (many short SQLite calls, each of
+        # which would wait for the GIL on another thread), but its COMMIT runs on a writer
+        # thread: one call, GIL released, and the longest part of the batch (WAL pages, fsync).
         self._sync_engine = create_sync_engine(settings.database_url) if is_sqlite(engine) else None
+        self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="pigeon-sqlite-writer")
 
     def start(self) -> None:
         """Start the writer (in the app's lifespan)."""
+        if self._sync_engine is not None:
+            # The writer thread takes the GIL back once per batch, when its COMMIT is done; by
+            # default it could wait 5 ms for a busy loop to hand it over.
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._writer = asyncio.create_task(self._write_forever())
 
     async def stop(self) -> None:
@@ -350,6 +382,7 @@ class AcceptPipeline:
         self._ready.set()
         if self._writer is not None:
             await self._writer
+        self._writer_thread.shutdown(wait=True)
         if self._sync_engine is not None:
             self._sync_engine.dispose()
 
@@ -427,14 +460,25 @@ class AcceptPipeline:
         pause = 0.001
         while True:
             try:
-                return self._run_sqlite(batch)
+                return await self._run_sqlite(batch)
             except OperationalError as exc:
                 if not is_busy(exc) or asyncio.get_running_loop().time() > deadline:
                     raise
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
 
-    def _run_sqlite(self, batch: list[SendRequest]) -> list[Outcome]:
+    async def _run_sqlite(self, batch: list[SendRequest]) -> list[Outcome]:
+        """Read, apply the rules and insert on the loop's thread; commit on the writer thread.
+
+        While the writer thread waits for the disk, the loop goes on parsing the requests that
+        will make the next batch.
+        """
         assert self._sync_engine is not None
-        with self._sync_engine.begin() as conn:
-            return accept_batch(conn, batch, self.settings)
+        with self._sync_engine.connect() as conn:
+            conn.begin()  # BEGIN IMMEDIATE: fails at once (busy) if another writer holds SQLite
+            outcomes = accept_batch(conn, batch, self.settings)
+            await asyncio.get_running_loop().run_in_executor(
+                self._writer_thread, _commit_driver, conn
+            )
+            conn.commit()
+        return outcomes

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
+import re
 import secrets
 import time
 
 _PROCESS = os.urandom(5).hex()
 _COUNTER = itertools.count(secrets.randbelow(1 << 23))
+# Message ids need uniqueness, not secrecy: a PRNG seeded from the OS, without a system call
+# per id.
+_RANDOM = random.Random(os.urandom(16))
+_OBJECT_ID = re.compile(r"[0-9a-f]{24}")
 
 
 def new_object_id() -> str:
@@ -22,7 +28,7 @@ def new_object_id() -> str:
 
 def new_message_id() -> str:
     """A 22-digit numeric message id that sorts by creation time."""
-    return f"{time.time_ns() // 1000:016d}{secrets.randbelow(10**6):06d}"
+    return f"{time.time_ns() // 1000:016d}{_RANDOM.randrange(10**6):06d}"
 
 
 def new_token(nbytes: int = 32) -> str:
@@ -32,4 +38,4 @@ def new_token(nbytes: int = 32) -> str:
 
 def is_object_id(value: str) -> bool:
     """True when value has the shape of a Pigeon object id."""
-    return len(value) == 24 and all(c in "0123456789abcdef" for c in value)
+    return _OBJECT_ID.fullmatch(value) is not None

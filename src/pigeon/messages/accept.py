@@ -258,7 +258,6 @@ def _rows(
                 "status_id": status.ACCEPTED.id,
                 "source": "api",
                 "at": now,
-                "detail": None,
             }
         )
         body = msgspec.json.encode(
@@ -318,6 +317,7 @@ def _commit_driver(conn: Connection) -> None:
 
 
 def _message_row(message_id: str, draft: Draft, now: datetime) -> dict[str, Any]:
+    # The columns a new message sets; the rest (error, provider, lease, sent_at...) start NULL.
     return {
         "id": message_id,
         "account_id": draft.account_id,
@@ -330,17 +330,10 @@ def _message_row(message_id: str, draft: Draft, now: datetime) -> dict[str, Any]
         "content": draft.content,
         "status_id": status.ACCEPTED.id,
         "group_id": status.ACCEPTED.groupId,
-        "error": None,
-        "provider": None,
-        "provider_message_id": None,
         "attempts": 0,
         "next_attempt_at": now,
-        "lease_owner": None,
-        "lease_expires_at": None,
         "created_at": now,
         "updated_at": now,
-        "sent_at": None,
-        "done_at": None,
     }
 
 
@@ -367,6 +360,7 @@ class AcceptPipeline:
         # thread: one call, GIL released, and the longest part of the batch (WAL pages, fsync).
         self._sync_engine = create_sync_engine(settings.database_url) if is_sqlite(engine) else None
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="pigeon-sqlite-writer")
+        self._sqlite: Connection | None = None  # held across batches; reopened after an error
 
     def start(self) -> None:
         """Start the writer (in the app's lifespan)."""
@@ -383,6 +377,8 @@ class AcceptPipeline:
         if self._writer is not None:
             await self._writer
         self._writer_thread.shutdown(wait=True)
+        if self._sqlite is not None:
+            self._sqlite.close()
         if self._sync_engine is not None:
             self._sync_engine.dispose()
 
@@ -474,11 +470,25 @@ class AcceptPipeline:
         will make the next batch.
         """
         assert self._sync_engine is not None
-        with self._sync_engine.connect() as conn:
-            conn.begin()  # BEGIN IMMEDIATE: fails at once (busy) if another writer holds SQLite
-            outcomes = accept_batch(conn, batch, self.settings)
-            await asyncio.get_running_loop().run_in_executor(
-                self._writer_thread, _commit_driver, conn
-            )
-            conn.commit()
+        if self._sqlite is None:
+            self._sqlite = self._sync_engine.connect()
+        conn = self._sqlite
+        try:
+            with conn.begin():  # BEGIN IMMEDIATE: fails at once (busy) if another writer holds it
+                outcomes = accept_batch(conn, batch, self.settings)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._writer_thread, _commit_driver, conn
+                )
+        except (IntegrityError, OperationalError) as exc:
+            if not isinstance(exc, IntegrityError) and not is_busy(exc):
+                self._reopen(conn)
+            raise
+        except BaseException:
+            self._reopen(conn)
+            raise
         return outcomes
+
+    def _reopen(self, conn: Connection) -> None:
+        """Let the next batch start on a new connection."""
+        self._sqlite = None
+        conn.close()

@@ -11,6 +11,7 @@ import functools
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import cache
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -62,8 +63,23 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
         return
     columns = tuple(rows[0])
     sql, converters = _plan(table, columns)
-    values = [
-        tuple(convert(row[name]) for name, convert in zip(columns, converters, strict=True))
-        for row in rows
-    ]
-    conn.exec_driver_sql(sql, values)
+    conn.exec_driver_sql(sql, _sqlite_tuples(columns, converters, rows))
+
+
+def _sqlite_tuples(
+    columns: Sequence[str],
+    converters: Sequence[Callable[[Any], Any]],
+    rows: Sequence[dict[str, Any]],
+) -> list[Any]:
+    """The rows as parameter lists in column order, converting only the columns that need it."""
+    take = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
+    special = [(i, convert) for i, convert in enumerate(converters) if convert is not _same]
+    if not special:
+        return [take(row) for row in rows]
+    values = []
+    for row in rows:
+        row_values = list(take(row))
+        for i, convert in special:
+            row_values[i] = convert(row_values[i])
+        values.append(row_values)
+    return values

@@ -8,14 +8,16 @@ import socket
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import msgspec
 import structlog
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pigeon.clock import utcnow
 from pigeon.config import Settings
+from pigeon.db.bulk import insert_rows, update_rows
 from pigeon.db.tables import delivery_attempts, idempotency_keys, messages
 from pigeon.dispatch.backoff import retry_delay
 from pigeon.dispatch.cdp_sync import run_sync_jobs
@@ -23,7 +25,7 @@ from pigeon.dispatch.claims import claim_due_messages
 from pigeon.dispatch.registry import ProviderRegistry
 from pigeon.ids import new_token
 from pigeon.messages import status
-from pigeon.messages.reports import StatusReport, apply_status, apply_statuses
+from pigeon.messages.reports import StatusReport, apply_statuses
 from pigeon.messages.whatsapp import PLATFORM
 from pigeon.providers.base import (
     BODY_LIMIT,
@@ -217,12 +219,11 @@ class Worker:
             for outcome in outcomes
         ]
         done = [o for o in outcomes if not o.transient]
+        later = [o for o in outcomes if o.transient]
         async with self.engine.begin() as conn:
-            await conn.execute(delivery_attempts.insert(), attempts)
+            await conn.run_sync(insert_rows, delivery_attempts, attempts)
             await self._sent(conn, done, provider_name, now)
-            for outcome in outcomes:
-                if outcome.transient:
-                    await self._retry_later(conn, outcome)
+            await self._retry_later(conn, later)
 
     async def _sent(
         self,
@@ -234,17 +235,10 @@ class Worker:
         """The provider holds these now: en route (whatever pending name it gave), or refused."""
         if not outcomes:
             return
-        current = await conn.execute(
-            select(messages.c.id, messages.c.attempts).where(
-                messages.c.id.in_([o.message_id for o in outcomes])
-            )
-        )
-        tried = {row.id: row.attempts for row in current}
         sent = {
             o.message_id: {
                 "provider": provider_name,
                 "provider_message_id": o.provider_message_id,
-                "attempts": tried.get(o.message_id, 0) + 1,
                 "sent_at": now,
                 "lease_owner": None,
                 "lease_expires_at": None,
@@ -257,61 +251,71 @@ class Worker:
             )
             for o in outcomes
         ]
-        await apply_statuses(conn=conn, reports=reports, source="worker", sent=sent)
+        await apply_statuses(conn=conn, reports=reports, source="worker", sent=sent, attempted=True)
 
-    async def _retry_later(self, conn: AsyncConnection, outcome: SendOutcome) -> None:
-        now = utcnow()
-        row = (
-            await conn.execute(
-                select(messages.c.attempts, messages.c.created_at).where(
-                    messages.c.id == outcome.message_id
-                )
-            )
-        ).one()
-        attempts = row.attempts + 1
-        validity = timedelta(seconds=self.settings.message_validity_seconds)
-        error = {**(outcome.error or {}), "attempts": attempts}
-        if attempts >= self.settings.max_attempts or now - row.created_at >= validity:
-            report = StatusReport(outcome.message_id, status.EXPIRED, error)
-            await apply_status(
-                conn=conn, report=report, source="worker", values={"attempts": attempts}
-            )
+    async def _retry_later(self, conn: AsyncConnection, outcomes: Sequence[SendOutcome]) -> None:
+        """Not taken this time: try again after a backoff, or end EXPIRED when out of tries."""
+        if not outcomes:
             return
-        delay = retry_delay(attempts, retry_after=outcome.retry_after)
-        await conn.execute(
-            update(messages)
-            .where(messages.c.id == outcome.message_id)
-            .values(
-                attempts=attempts,
-                error=error,
-                lease_owner=None,
-                lease_expires_at=None,
-                updated_at=now,
-                next_attempt_at=now + timedelta(seconds=delay),
+        now = utcnow()
+        rows = await conn.execute(
+            select(messages.c.id, messages.c.attempts, messages.c.created_at).where(
+                messages.c.id.in_([o.message_id for o in outcomes])
             )
         )
+        known = {row.id: row for row in rows}
+        validity = timedelta(seconds=self.settings.message_validity_seconds)
+        expired: list[StatusReport] = []
+        counted: dict[str, dict[str, Any]] = {}
+        retries: list[dict[str, Any]] = []
+        for outcome in outcomes:
+            row = known.get(outcome.message_id)
+            if row is None:
+                continue
+            attempts = row.attempts + 1
+            error = {**(outcome.error or {}), "attempts": attempts}
+            if attempts >= self.settings.max_attempts or now - row.created_at >= validity:
+                expired.append(StatusReport(outcome.message_id, status.EXPIRED, error))
+                counted[outcome.message_id] = {"attempts": attempts}
+                continue
+            delay = retry_delay(attempts, retry_after=outcome.retry_after)
+            retries.append(
+                {
+                    "id": outcome.message_id,
+                    "attempts": attempts,
+                    "error": error,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "updated_at": now,
+                    "next_attempt_at": now + timedelta(seconds=delay),
+                }
+            )
+        if expired:
+            await apply_statuses(conn=conn, reports=expired, source="worker", sent=counted)
+        await conn.run_sync(update_rows, messages, retries)
 
     async def _move_on(self, already_sent: Sequence[tuple[Outbound, str]]) -> None:
         """Messages the provider accepted before (their id is stored): never send them again."""
+        now = utcnow()
+        skipped = [
+            {
+                "message_id": message.message_id,
+                "worker_id": self.worker_id,
+                "provider": "-",
+                "at": now,
+                "outcome": "skipped",
+                "error": {"description": f"already accepted as {provider_message_id}"},
+            }
+            for message, provider_message_id in already_sent
+        ]
+        reports = [StatusReport(message.message_id, status.ENROUTE) for message, _ in already_sent]
+        released = {
+            message.message_id: {"lease_owner": None, "lease_expires_at": None}
+            for message, _ in already_sent
+        }
         async with self.engine.begin() as conn:
-            for message, provider_message_id in already_sent:
-                await conn.execute(
-                    delivery_attempts.insert().values(
-                        message_id=message.message_id,
-                        worker_id=self.worker_id,
-                        provider="-",
-                        at=utcnow(),
-                        outcome="skipped",
-                        error={"description": f"already accepted as {provider_message_id}"},
-                    )
-                )
-                report = StatusReport(message.message_id, status.ENROUTE)
-                await apply_status(
-                    conn=conn,
-                    report=report,
-                    source="worker",
-                    values={"lease_owner": None, "lease_expires_at": None},
-                )
+            await conn.run_sync(insert_rows, delivery_attempts, skipped)
+            await apply_statuses(conn=conn, reports=reports, source="worker", sent=released)
 
     async def housekeeping(self) -> None:
         """Drop expired idempotency keys; end messages pending past their validity as EXPIRED."""
@@ -328,9 +332,8 @@ class Worker:
                 )
                 .limit(1000)
             )
-            for row in stuck.all():
-                report = StatusReport(row.id, status.EXPIRED, STUCK_ERROR)
-                await apply_status(conn=conn, report=report, source="housekeeping")
+            reports = [StatusReport(row.id, status.EXPIRED, STUCK_ERROR) for row in stuck]
+            await apply_statuses(conn=conn, reports=reports, source="housekeeping")
 
     async def aclose(self) -> None:
         """Release what the worker holds (the providers' HTTP client)."""

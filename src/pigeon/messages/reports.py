@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Select, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.clock import utcnow
+from pigeon.db.bulk import insert_rows, update_rows
 from pigeon.db.tables import message_events, messages
 from pigeon.messages.status import Group, Status, can_move, status_for
 
@@ -58,36 +60,49 @@ _TRACKED = (
 )
 
 
+def _locked_rows(ids: list[str], dialect: str) -> Select[Any]:
+    """The rows' tracked columns, locked in id order (so concurrent appliers cannot deadlock)."""
+    query = select(messages.c.id, *(messages.c[name] for name in _TRACKED))
+    if dialect == "postgresql":
+        # One array parameter: a thousand ids do not become a thousand bind parameters.
+        listed = bindparam("ids", ids, type_=ARRAY(messages.c.id.type))
+        query = query.where(messages.c.id == any_(listed))
+    else:
+        query = query.where(messages.c.id.in_(ids))
+    return query.order_by(messages.c.id).with_for_update()
+
+
 async def apply_statuses(
     *,
     conn: AsyncConnection,
     reports: list[StatusReport],
     source: str,
     sent: dict[str, dict[str, Any]] | None = None,
+    attempted: bool = False,
 ) -> int:
     """Apply many reports in a few statements; the number of status changes made.
 
     The rows are read under lock (FOR UPDATE on PostgreSQL; SQLite's writer holds the file),
-    every change is decided here with the forward-only rule, then one executemany updates the
+    every change is decided here with the forward-only rule, then one statement updates the
     rows and one inserts the events. `sent` carries what a worker learned per message (the
-    provider's id, one more attempt), applied whether or not the status moves.
+    provider's id, cleared lease), applied whether or not the status moves; with `attempted`
+    each of those messages also counts one more attempt, from the locked row.
     """
     sent = sent or {}
     ids = sorted({r.message_id for r in reports} | set(sent))
     if not ids:
         return 0
-    rows = await conn.execute(
-        select(messages.c.id, *(messages.c[name] for name in _TRACKED))
-        .where(messages.c.id.in_(ids))
-        .with_for_update()
-    )
+    rows = await conn.execute(_locked_rows(ids, conn.dialect.name))
     state = {row.id: dict(row._mapping) for row in rows}
     now = utcnow()
     events: list[dict[str, Any]] = []
     changed: set[str] = set()
     for message_id, values in sent.items():
-        if message_id in state:
-            state[message_id].update(values)
+        row = state.get(message_id)
+        if row is not None:
+            row.update(values)
+            if attempted:
+                row["attempts"] += 1
             changed.add(message_id)
     for report in reports:
         row = state.get(report.message_id)
@@ -107,17 +122,9 @@ async def apply_statuses(
             }
         )
     if changed:
-        await conn.execute(
-            update(messages)
-            .where(messages.c.id == bindparam("message_id"))
-            .values({name: bindparam(name) for name in (*_TRACKED, "updated_at")}),
-            [
-                {"message_id": mid, **{n: state[mid][n] for n in _TRACKED}, "updated_at": now}
-                for mid in sorted(changed)
-            ],
-        )
-    if events:
-        await conn.execute(message_events.insert(), events)
+        updates = [{**state[mid], "updated_at": now} for mid in sorted(changed)]
+        await conn.run_sync(update_rows, messages, updates)
+    await conn.run_sync(insert_rows, message_events, events)
     return len(events)
 
 

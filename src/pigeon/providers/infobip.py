@@ -8,7 +8,6 @@ Our message id travels as Infobip's `messageId`, so reports and retries line up 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from http import HTTPStatus
 from typing import Any
 
 import httpx
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.clock import utcnow
@@ -209,7 +209,8 @@ def _problem(reply: _Reply) -> _Problem | None:
 def _status_of(entry: Mapping[str, Any]) -> Status:
     """The catalogue status of a response entry; PENDING_ACCEPTED when it carries none."""
     raw = entry.get("status")
-    if isinstance(raw, Mapping) and isinstance(raw.get("id"), int):
+    # dict, not Mapping: parsed JSON is made of dicts, and this runs once per message.
+    if isinstance(raw, dict) and isinstance(raw.get("id"), int):
         group = raw.get("groupId")
         return status_for(raw["id"], group if isinstance(group, int) else None)
     return status.ACCEPTED
@@ -233,7 +234,9 @@ def _rejection(entry: Mapping[str, Any], found: Status) -> dict[str, Any]:
     return error
 
 
-def _accepted(message: Outbound, entry: Mapping[str, Any] | None, reply: _Reply) -> SendOutcome:
+def _accepted(
+    message: Outbound, entry: Mapping[str, Any] | None, reply: _Reply, call: ProviderCall
+) -> SendOutcome:
     """The outcome for a message in a 2xx answer (accepted, or rejected per destination)."""
     entry = entry or {}
     found = _status_of(entry)
@@ -247,7 +250,7 @@ def _accepted(message: Outbound, entry: Mapping[str, Any] | None, reply: _Reply)
         provider_message_id=str(provider_id) if provider_id is not None else message.message_id,
         error=error,
         raw=entry or reply.body,
-        call=reply.call,
+        call=call,
     )
 
 
@@ -272,8 +275,8 @@ def _refused(message: Outbound, problem: _Problem, call: ProviderCall | None) ->
 
 def _entries(body: Any) -> list[Mapping[str, Any]]:
     """The per-message entries of a bulk answer ({"messages": [...]})."""
-    messages = body.get("messages") if isinstance(body, Mapping) else None
-    return [m for m in messages if isinstance(m, Mapping)] if isinstance(messages, list) else []
+    messages = body.get("messages") if isinstance(body, dict) else None
+    return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
 
 
 def _match(
@@ -301,6 +304,13 @@ class InfobipProvider:
         self._client = client
         self._base_url = account.base_url.rstrip("/")
         self._headers = {"Authorization": f"App {account.api_key}", "Accept": "application/json"}
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        # One shared object: every SMS entry of every request names the same notify URL.
+        self._sms_webhooks = (
+            {"delivery": {"url": account.notify_url}, "contentType": "application/json"}
+            if account.notify_url
+            else None
+        )
 
     async def send(self, batch: Sequence[Outbound]) -> list[SendOutcome]:
         """Send one channel's batch; SMS goes in one request, the others one request each."""
@@ -350,7 +360,10 @@ class InfobipProvider:
         _raise_for(reply)
         entries = _entries(reply.body)
         by_id = {str(entry.get("messageId")): entry for entry in entries}
-        return [_accepted(m, _match(m, entries, i, by_id), reply) for i, m in enumerate(batch)]
+        call = reply.call
+        return [
+            _accepted(m, _match(m, entries, i, by_id), reply, call) for i, m in enumerate(batch)
+        ]
 
     def _sms_message(self, message: Outbound) -> dict[str, Any]:
         """One SMS v3 message entry with our id as the destination's messageId."""
@@ -361,11 +374,8 @@ class InfobipProvider:
         sender = message.sender or self.account.sms_sender
         if sender:
             entry["sender"] = sender
-        if self.account.notify_url:
-            entry["webhooks"] = {
-                "delivery": {"url": self.account.notify_url},
-                "contentType": "application/json",
-            }
+        if self._sms_webhooks is not None:
+            entry["webhooks"] = self._sms_webhooks
         return entry
 
     async def _each(
@@ -405,7 +415,7 @@ class InfobipProvider:
             return _refused(message, problem, reply.call)
         # The text endpoint answers one object; the template endpoint a bulk of them.
         entries = _entries(reply.body) or ([reply.body] if isinstance(reply.body, Mapping) else [])
-        return _accepted(message, _match(message, entries, 0), reply)
+        return _accepted(message, _match(message, entries, 0), reply, reply.call)
 
     async def _send_email(self, message: Outbound) -> SendOutcome:
         """One email as Email v3's multipart form, html and text both when we have them."""
@@ -429,7 +439,7 @@ class InfobipProvider:
         problem = _problem(reply)
         if problem is not None:
             return _refused(message, problem, reply.call)
-        return _accepted(message, _match(message, _entries(reply.body), 0), reply)
+        return _accepted(message, _match(message, _entries(reply.body), 0), reply, reply.call)
 
     async def _request(
         self,
@@ -443,13 +453,16 @@ class InfobipProvider:
         """One call to Infobip; a timeout or a broken connection is a reply without status."""
         # (None, value) parts make httpx send multipart/form-data without any file.
         files = [(name, (None, value)) for name, value in form] if form is not None else None
+        # msgspec encodes a thousand-message SMS body several times faster than json.dumps.
+        content = msgspec.json.encode(json_body) if json_body is not None else None
+        headers = self._json_headers if content is not None else self._headers
         started = time.perf_counter()
         try:
             response = await self._client.request(
                 method,
                 self._base_url + path,
-                headers=self._headers,
-                json=json_body,
+                headers=headers,
+                content=content,
                 files=files,
                 params=params,
             )
@@ -462,17 +475,17 @@ class InfobipProvider:
         return _Reply(
             response.status_code,
             response.text,
-            _json_or_none(response.text),
+            _json_or_none(response.content),
             parse_retry_after(response.headers.get("Retry-After")),
             elapsed,
         )
 
 
-def _json_or_none(text: str) -> Any:
+def _json_or_none(content: bytes) -> Any:
     """The parsed JSON body, or None when it is not JSON."""
     try:
-        return json.loads(text) if text else None
-    except ValueError:
+        return msgspec.json.decode(content) if content else None
+    except msgspec.DecodeError:
         return None
 
 

@@ -31,9 +31,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import importlib
 import importlib.util
-import json
 import socket
 import ssl
 import sys
@@ -52,6 +52,7 @@ from typing import Any, Self
 from urllib.parse import parse_qsl
 
 import httpx
+import msgspec
 import pydantic
 import uvicorn
 
@@ -661,12 +662,12 @@ class FakeInfobip:
         violations = check_sms_request(request.body)
         if violations:
             return _Response(400, error_body(400, API_ERROR, violations=violations))
-        bulk_id = str(uuid.uuid4())
+        bulk_id, sent_at = str(uuid.uuid4()), infobip_time()
         answers, reports = [], []
         for message in request.body["messages"]:
             url = (message.get("webhooks") or {}).get("delivery", {}).get("url")
             for destination in message["destinations"]:
-                answer, report = self._take_sms(message, destination, bulk_id)
+                answer, report = self._take_sms(message, destination, bulk_id, sent_at)
                 answers.append(answer)
                 if report is not None and url:
                     reports.append((url, report))
@@ -674,8 +675,8 @@ class FakeInfobip:
         return _Response(200, {"bulkId": bulk_id, "messages": answers})
 
     def _take_sms(
-        self, message: dict[str, Any], destination: dict[str, Any], bulk_id: str
-    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        self, message: dict[str, Any], destination: dict[str, Any], bulk_id: str, sent_at: str
+    ) -> tuple[dict[str, Any], _Report | None]:
         """Accept (or reject) one SMS destination; its answer entry and its future report."""
         to = destination["to"]
         message_id = destination.get("messageId") or str(uuid.uuid4())
@@ -688,7 +689,7 @@ class FakeInfobip:
             "destination": to,
             "details": {"messageCount": 1},
         }
-        report = None if rejected else _report(bulk_id, message_id, to, sender=sender)
+        report = None if rejected else _Report(bulk_id, message_id, to, sent_at, sender=sender)
         return answer, report
 
     # WhatsApp
@@ -724,7 +725,7 @@ class FakeInfobip:
 
     def _take_whatsapp(
         self, message: dict[str, Any], bulk_id: str | None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    ) -> tuple[dict[str, Any], _Report]:
         """Accept one WhatsApp message; its answer and its future report."""
         message_id = message.get("messageId") or str(uuid.uuid4())
         content = message["content"]
@@ -738,7 +739,8 @@ class FakeInfobip:
             "messageId": message_id,
             "status": PENDING_ENROUTE,
         }
-        return answer, _report(bulk_id, message_id, message["to"], channel="WHATSAPP")
+        report = _Report(bulk_id, message_id, message["to"], infobip_time(), channel="WHATSAPP")
+        return answer, report
 
     # Email
 
@@ -767,7 +769,7 @@ class FakeInfobip:
                 {"to": to, "messageCount": 1, "messageId": message_id, "status": PENDING_ACCEPTED}
             )
             if form.get("notifyUrl"):
-                report = _report(bulk_id, message_id, to, channel="EMAIL")
+                report = _Report(bulk_id, message_id, to, infobip_time(), channel="EMAIL")
                 reports.append((_first(form["notifyUrl"]), report))
         self._post_reports(reports)
         return _Response(200, {"bulkId": bulk_id, "messages": answers})
@@ -841,9 +843,9 @@ class FakeInfobip:
         self.messages.append(SentMessage(channel, message_id, to, sender, text, extra, rejected))
         self.message_counts[message_id] += 1
 
-    def _post_reports(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
+    def _post_reports(self, reports: list[tuple[str, _Report]]) -> None:
         """Later, POST the reports, one request per notify URL, like Infobip's webhooks."""
-        by_url: dict[str, list[dict[str, Any]]] = {}
+        by_url: dict[str, list[_Report]] = {}
         for url, report in reports:
             by_url.setdefault(url, []).append(report)
         for url, results in by_url.items():
@@ -851,10 +853,10 @@ class FakeInfobip:
             self._report_tasks.add(task)
             task.add_done_callback(self._report_tasks.discard)
 
-    async def _deliver(self, url: str, results: list[dict[str, Any]]) -> None:
+    async def _deliver(self, url: str, results: list[_Report]) -> None:
         await asyncio.sleep(self.report_delay)
         now = infobip_time()
-        payload = {"results": [{**r, "doneAt": now} for r in results]}
+        payload = {"results": [r.entry(now) for r in results]}
         try:
             async with httpx.AsyncClient(timeout=5, verify=_tls_context()) as client:
                 answer = await client.post(url, json=payload)
@@ -899,30 +901,34 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def _report(
-    bulk_id: str | None,
-    message_id: str,
-    to: str,
-    *,
-    sender: str | None = None,
-    channel: str | None = None,
-) -> dict[str, Any]:
-    """A DELIVERED_TO_HANDSET delivery report entry (doneAt is set when it is posted)."""
-    report: dict[str, Any] = {
-        "bulkId": bulk_id,
-        "messageId": message_id,
-        "to": to,
-        "sentAt": infobip_time(),
-        "messageCount": 1,
-        "price": {"pricePerMessage": 0.0, "currency": "EUR"},
-        "status": DELIVERED_TO_HANDSET,
-        "error": NO_ERROR,
-    }
-    if sender is not None:
-        report["sender"] = sender
-    if channel is not None:
-        report["channel"] = channel
-    return {k: v for k, v in report.items() if v is not None}
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """A DELIVERED_TO_HANDSET report to post later; its entry is built only when it is posted
+    (a bulk of tens of thousands of SMS must not cost a dict per message up front)."""
+
+    bulk_id: str | None
+    message_id: str
+    to: str
+    sent_at: str
+    sender: str | None = None
+    channel: str | None = None
+
+    def entry(self, done_at: str) -> dict[str, Any]:
+        """The report entry as Infobip posts it."""
+        report: dict[str, Any] = {
+            "bulkId": self.bulk_id,
+            "messageId": self.message_id,
+            "to": self.to,
+            "sentAt": self.sent_at,
+            "messageCount": 1,
+            "price": {"pricePerMessage": 0.0, "currency": "EUR"},
+            "status": DELIVERED_TO_HANDSET,
+            "error": NO_ERROR,
+            "sender": self.sender,
+            "channel": self.channel,
+            "doneAt": done_at,
+        }
+        return {k: v for k, v in report.items() if v is not None}
 
 
 def _rejected_response(destination: str) -> _Response:
@@ -1015,14 +1021,15 @@ def _parse_multipart(content_type: str, raw: bytes) -> dict[str, Any] | str:
 
 
 def _json_or_none(raw: bytes) -> Any:
+    # msgspec: a 1000-message SMS request parses several times faster than with json.loads.
     try:
-        return json.loads(raw) if raw else None
-    except ValueError:
+        return msgspec.json.decode(raw) if raw else None
+    except msgspec.DecodeError:
         return None
 
 
 async def _respond(send: Send, response: _Response) -> None:
-    body = json.dumps(response.body).encode()
+    body = msgspec.json.encode(response.body)
     headers = [(b"content-type", b"application/json;charset=UTF-8")]
     headers += [(k.lower().encode(), v.encode()) for k, v in response.headers.items()]
     await send({"type": "http.response.start", "status": response.http_status, "headers": headers})
@@ -1152,6 +1159,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-delay", type=float, default=0.05)
     args = parser.parse_args(argv)
     fake = FakeInfobip(api_key=args.api_key, report_delay=args.report_delay)
+    # It keeps every request it received: collect rarely, and never re-scan start-up objects
+    # (a full collection walking tens of thousands of kept messages costs ~100 ms).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     uvicorn.run(fake, host=args.host, port=args.port, lifespan="off", log_level="warning")
 
 

@@ -232,9 +232,10 @@ def worker(
 ) -> None:
     """Run only the dispatch worker (stops cleanly on SIGTERM or Ctrl-C)."""
     from pigeon.dispatch.registry import ProviderRegistry
-    from pigeon.dispatch.worker import Worker
+    from pigeon.dispatch.worker import Worker, tune_gc_for_batches
 
     settings = _settings()
+    tune_gc_for_batches()
 
     async def run() -> None:
         engine = create_engine(settings.database_url)

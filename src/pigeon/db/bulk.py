@@ -150,6 +150,39 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
     conn.exec_driver_sql(sql, _sqlite_tuples(columns, converters, rows))
 
 
+SQLITE_MAX_PARAMETERS = 32_766  # SQLITE_MAX_VARIABLE_NUMBER since SQLite 3.32
+
+
+def sqlite_insert_statements(
+    table: Table, rows: Sequence[dict[str, Any]]
+) -> list[tuple[str, list[Any]]]:
+    """Rows (dicts with the same keys) as multi-row `INSERT ... VALUES (...), (...)` statements,
+    each with its parameters flattened, for a plain sqlite3 cursor.
+
+    One statement is one call into SQLite, which releases the GIL for all its rows at once
+    (executemany releases and takes it back for every row): the form to run on a thread
+    while the event loop keeps the GIL busy.
+    """
+    if not rows:
+        return []
+    columns = tuple(rows[0])
+    _, converters = _sqlite_insert(table, columns)
+    per_statement = max(1, SQLITE_MAX_PARAMETERS // len(columns))
+    statements = []
+    for start in range(0, len(rows), per_statement):
+        chunk = _sqlite_tuples(columns, converters, rows[start : start + per_statement])
+        sql = _sqlite_values(table, columns, len(chunk))
+        statements.append((sql, [value for row in chunk for value in row]))
+    return statements
+
+
+@functools.lru_cache(maxsize=1024)
+def _sqlite_values(table: Table, columns: tuple[str, ...], count: int) -> str:
+    row = "(" + ", ".join("?" for _ in columns) + ")"
+    values = ", ".join(row for _ in range(count))
+    return f'INSERT INTO "{table.name}" ({_quoted(columns)}) VALUES {values}'  # noqa: S608
+
+
 def update_rows(
     conn: Connection, table: Table, rows: Sequence[dict[str, Any]], *, key: str = "id"
 ) -> None:

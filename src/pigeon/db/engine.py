@@ -71,7 +71,8 @@ def create_sync_engine(url: str) -> Engine:
         poolclass=QueuePool,
         pool_size=1,
         max_overflow=0,
-        connect_args={"timeout": 0, "check_same_thread": False},
+        # Multi-row inserts have one statement text per row count: keep them prepared.
+        connect_args={"timeout": 0, "check_same_thread": False, "cached_statements": 1024},
     )
     _install_sqlite_hooks(engine, busy_timeout_ms=0)
     return engine

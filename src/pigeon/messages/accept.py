@@ -6,14 +6,15 @@ the rules to each request, writes every message, first event and idempotency rec
 commits once. Each request is answered when the commit that holds it is done: durable before
 the answer, without one commit (and one fsync) per request (group commit).
 
-On SQLite the batch runs on a plain sqlite3 connection on the event loop's own thread, except
-for its COMMIT (and fsync), which a writer thread runs while the loop goes on parsing requests;
-on PostgreSQL the batch runs on the async engine.
+On SQLite the batch's reads and rules run on a plain sqlite3 connection on the event loop's own
+thread; its inserts and COMMIT (with the fsync) run on a writer thread while the loop goes on
+parsing requests. On PostgreSQL the batch runs on the async engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon.clock import utcnow
 from pigeon.config import Settings
-from pigeon.db.bulk import insert_rows
+from pigeon.db.bulk import insert_rows, sqlite_insert_statements
 from pigeon.db.engine import create_sync_engine, is_busy, is_sqlite
 from pigeon.db.lookup import rows_by_key
 from pigeon.db.tables import (
@@ -306,14 +307,38 @@ def write_batch(conn: Connection, writes: Writes) -> None:
     insert_rows(conn, idempotency_keys, writes.keys)
 
 
-def _commit_driver(conn: Connection) -> None:
-    """The SQLite writer thread's part of a batch: COMMIT, with its fsync.
+def _sqlite_statements(conn: Connection, writes: Writes) -> list[tuple[str, list[Any]]]:
+    """The batch's inserts for the writer thread (an expired record is deleted here first)."""
+    if writes.expired:
+        conn.execute(
+            delete(idempotency_keys).where(
+                idempotency_keys.c.scope.in_(writes.expired),
+                idempotency_keys.c.expires_at <= writes.now,
+            )
+        )
+    return [
+        *sqlite_insert_statements(messages, writes.messages),
+        *sqlite_insert_statements(message_events, writes.events),
+        *sqlite_insert_statements(idempotency_keys, writes.keys),
+    ]
 
-    Straight on the driver's connection: sqlite3 releases the GIL for the whole COMMIT, and
-    the thread takes the GIL back only to return. (SQLAlchemy's own commit, which follows on
-    the loop, then finds no transaction open and does nothing.)
+
+def _insert_and_commit(conn: Connection, statements: list[tuple[str, list[Any]]]) -> None:
+    """The SQLite writer thread's part of a batch: its inserts, then COMMIT with its fsync.
+
+    Straight on the driver's connection, a few calls in all, each of which releases the GIL
+    for its whole run. (SQLAlchemy's own commit, which follows on the loop, then finds no
+    transaction open and does nothing; after an error, its rollback undoes the inserts.)
     """
-    conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
+    driver = conn.connection.dbapi_connection
+    assert driver is not None
+    cursor = driver.cursor()
+    try:
+        for sql, parameters in statements:
+            cursor.execute(sql, parameters)
+    finally:
+        cursor.close()
+    driver.commit()
 
 
 def _message_row(message_id: str, draft: Draft, now: datetime) -> dict[str, Any]:
@@ -355,9 +380,9 @@ class AcceptPipeline:
         self._in_flight: set[Scope] = set()
         self._writer: asyncio.Task[None] | None = None
         self._stopping = False
-        # SQLite: the batch runs on the event loop's thread (many short SQLite calls, each of
-        # which would wait for the GIL on another thread), but its COMMIT runs on a writer
-        # thread: one call, GIL released, and the longest part of the batch (WAL pages, fsync).
+        # SQLite: the batch's reads and rules run on the event loop's thread; its inserts (a
+        # few multi-row statements) and its COMMIT run on a writer thread: a few calls, each
+        # of which releases the GIL for its whole run (WAL pages, fsync).
         self._sync_engine = create_sync_engine(settings.database_url) if is_sqlite(engine) else None
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="pigeon-sqlite-writer")
         self._sqlite: Connection | None = None  # held across batches; reopened after an error
@@ -464,10 +489,10 @@ class AcceptPipeline:
             pause = min(pause * 2, 0.05)
 
     async def _run_sqlite(self, batch: list[SendRequest]) -> list[Outcome]:
-        """Read, apply the rules and insert on the loop's thread; commit on the writer thread.
+        """Read and apply the rules on the loop's thread; insert and commit on the writer thread.
 
-        While the writer thread waits for the disk, the loop goes on parsing the requests that
-        will make the next batch.
+        While the writer thread works in SQLite and waits for the disk, the loop goes on
+        parsing the requests that will make the next batch.
         """
         assert self._sync_engine is not None
         if self._sqlite is None:
@@ -475,10 +500,14 @@ class AcceptPipeline:
         conn = self._sqlite
         try:
             with conn.begin():  # BEGIN IMMEDIATE: fails at once (busy) if another writer holds it
-                outcomes = accept_batch(conn, batch, self.settings)
+                outcomes, writes = plan_batch(conn, batch, self.settings)
+                statements = _sqlite_statements(conn, writes)
                 await asyncio.get_running_loop().run_in_executor(
-                    self._writer_thread, _commit_driver, conn
+                    self._writer_thread, _insert_and_commit, conn, statements
                 )
+        except sqlite3.IntegrityError as exc:
+            # Raised by the driver on the writer thread: the same collision as below.
+            raise IntegrityError(None, None, exc) from exc
         except (IntegrityError, OperationalError) as exc:
             if not isinstance(exc, IntegrityError) and not is_busy(exc):
                 self._reopen(conn)

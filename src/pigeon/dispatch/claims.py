@@ -50,12 +50,5 @@ async def claim_due_messages(
                 messages.c.provider_message_id,
             )
         )
-        return [
-            (
-                Outbound(
-                    r.id, r.account_id, r.channel, r.destination, r.sender, r.content, r.route
-                ),
-                r.provider_message_id,
-            )
-            for r in rows
-        ]
+        # The RETURNING columns are Outbound's fields in order, then the stored provider id.
+        return [(Outbound(*row[:-1]), row[-1]) for row in rows]

@@ -236,9 +236,11 @@ class Worker:
         done = [o for o in outcomes if not o.transient]
         later = [o for o in outcomes if o.transient]
         async with self.engine.begin() as conn:
-            await conn.run_sync(insert_rows, delivery_attempts, attempts)
             await self._sent(conn, done, provider_name, now)
             await self._retry_later(conn, later)
+            # After the messages are locked and updated: the attempts' foreign-key checks then
+            # find rows this transaction already holds, instead of locking each one first.
+            await conn.run_sync(insert_rows, delivery_attempts, attempts)
 
     async def _sent(
         self,
@@ -329,8 +331,8 @@ class Worker:
             for message, _ in already_sent
         }
         async with self.engine.begin() as conn:
-            await conn.run_sync(insert_rows, delivery_attempts, skipped)
             await apply_statuses(conn=conn, reports=reports, source="worker", sent=released)
+            await conn.run_sync(insert_rows, delivery_attempts, skipped)
 
     async def housekeeping(self) -> None:
         """Drop expired idempotency keys; end messages pending past their validity as EXPIRED."""

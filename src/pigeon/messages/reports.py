@@ -93,7 +93,8 @@ async def apply_statuses(
     if not ids:
         return 0
     rows = await conn.execute(_locked_rows(ids, conn.dialect.name))
-    state = {row.id: dict(row._mapping) for row in rows}
+    names = tuple(rows.keys())
+    state = {row[0]: dict(zip(names, row, strict=True)) for row in rows}
     now = utcnow()
     events: list[dict[str, Any]] = []
     changed: set[str] = set()

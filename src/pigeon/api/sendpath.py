@@ -55,10 +55,18 @@ class SendFastPath:
 
     def __init__(self, app: ASGIApp, services: Callable[[], Services]) -> None:
         self.app = app
-        self.services = services
+        self._services = services
+        self._current: Services | None = None  # the lifespan's services, once looked up
+
+    def services(self) -> Services:
+        if self._current is None:
+            self._current = self._services()
+        return self._current
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
+            if scope["type"] == "lifespan":
+                self._current = None  # a new lifespan builds new services
             return await self.app(scope, receive, send)
         match = _ROUTE.fullmatch(scope["path"])
         if match is None:

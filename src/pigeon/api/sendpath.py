@@ -46,6 +46,7 @@ _ROUTE = re.compile(
 _DECODERS: dict[tuple[str, str], msgspec.json.Decoder[Any]] = {
     (kind, channel): msgspec.json.Decoder(body) for (kind, channel), body in SEND_BODIES.items()
 }
+_READ = frozenset((b"x-api-key", b"authorization", b"idempotency-key"))
 _JSON = (b"content-type", b"application/json")
 _REPLAYED = (b"idempotent-replayed", b"true")
 
@@ -97,9 +98,11 @@ class SendFastPath:
 
     async def _prepare(self, scope: Scope, match: re.Match[str], body: bytes) -> Any:
         """The request as a SendRequest, or None when Litestar should answer it."""
-        headers = {
-            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
-        }
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            # The headers the route reads; the first of a repeated one, as Litestar's get().
+            if name in _READ and name.decode() not in headers:
+                headers[name.decode()] = value.decode("latin-1")
         key = api_key_from(headers)
         if not key:
             return None

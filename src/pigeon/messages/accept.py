@@ -58,7 +58,7 @@ from pigeon.messages.whatsapp import PLATFORM
 
 log = structlog.get_logger("pigeon.accept")
 MAX_BATCH = 256
-SWITCH_INTERVAL = 0.0005  # seconds
+SWITCH_INTERVAL = 0.0002  # seconds
 BUSY_DEADLINE = 30.0  # seconds a batch waits for SQLite's write lock before failing
 Outcome = StoredResponse | PigeonError
 

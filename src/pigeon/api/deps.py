@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon.accounts.service import KeyAuthenticator
@@ -51,6 +52,9 @@ async def provide_account_id(request: Request[Any, Any, Any]) -> str:
 
 
 ACCOUNT = "pigeon.account_id"
+AccountId = NamedDependency[str]
+"""A handler parameter `account_id: AccountId`: the authenticated account (see the app's
+dependencies)."""
 
 
 async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: object) -> None:

@@ -6,14 +6,14 @@ from typing import Any
 
 from litestar import Request, Router, delete, get, put
 
-from pigeon.api.deps import services
+from pigeon.api.deps import AccountId, services
 from pigeon.extensions import service
 from pigeon.extensions.schemas import InfobipExtension, InfobipExtensionIn
 
 
 @put("/", summary="Enable or reconfigure the Infobip extension")
 async def put_extension(
-    request: Request[Any, Any, Any], account_id: str, data: InfobipExtensionIn
+    request: Request[Any, Any, Any], account_id: AccountId, data: InfobipExtensionIn
 ) -> InfobipExtension:
     svc = services(request)
     async with svc.engine.begin() as conn:
@@ -23,7 +23,7 @@ async def put_extension(
 
 
 @get("/", summary="Show the Infobip extension (API key masked) and its webhook URLs")
-async def get_extension(request: Request[Any, Any, Any], account_id: str) -> InfobipExtension:
+async def get_extension(request: Request[Any, Any, Any], account_id: AccountId) -> InfobipExtension:
     svc = services(request)
     async with svc.reader.connect() as conn:
         return await service.get_extension(
@@ -32,7 +32,7 @@ async def get_extension(request: Request[Any, Any, Any], account_id: str) -> Inf
 
 
 @delete("/", summary="Disable the Infobip extension")
-async def delete_extension(request: Request[Any, Any, Any], account_id: str) -> None:
+async def delete_extension(request: Request[Any, Any, Any], account_id: AccountId) -> None:
     async with services(request).engine.begin() as conn:
         await service.delete_extension(conn=conn, account_id=account_id)
 

@@ -9,7 +9,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pigeon.api.deps import guarded_write, services
+from pigeon.api.deps import AccountId, guarded_write, services
 from pigeon.identities import service
 from pigeon.identities.schemas import Identity, IdentityCreate, IdentityList, IdentityUpdate
 from pigeon.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -20,7 +20,7 @@ Cursor = Annotated[str | None, Parameter(description="next_cursor of the previou
 
 @post("/", status_code=201, responses={201: ResponseSpec(Identity)}, summary="Create an Identity")
 async def create_identity(
-    request: Request[Any, Any, Any], account_id: str, data: IdentityCreate
+    request: Request[Any, Any, Any], account_id: AccountId, data: IdentityCreate
 ) -> Response[bytes]:
     async def action(conn: AsyncConnection) -> Identity:
         return await service.create_identity(conn=conn, account_id=account_id, body=data)
@@ -31,7 +31,7 @@ async def create_identity(
 @get("/", summary="List Identities")
 async def list_identities(
     request: Request[Any, Any, Any],
-    account_id: str,
+    account_id: AccountId,
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> IdentityList:
@@ -43,7 +43,7 @@ async def list_identities(
 
 @get("/{identity_id:str}", summary="Get an Identity")
 async def get_identity(
-    request: Request[Any, Any, Any], account_id: str, identity_id: str
+    request: Request[Any, Any, Any], account_id: AccountId, identity_id: str
 ) -> Identity:
     async with services(request).reader.connect() as conn:
         return await service.get_identity(conn=conn, account_id=account_id, identity_id=identity_id)
@@ -51,7 +51,7 @@ async def get_identity(
 
 @patch("/{identity_id:str}", responses={200: ResponseSpec(Identity)}, summary="Update an Identity")
 async def update_identity(
-    request: Request[Any, Any, Any], account_id: str, identity_id: str, data: IdentityUpdate
+    request: Request[Any, Any, Any], account_id: AccountId, identity_id: str, data: IdentityUpdate
 ) -> Response[bytes]:
     async def action(conn: AsyncConnection) -> Identity:
         return await service.update_identity(
@@ -63,7 +63,7 @@ async def update_identity(
 
 @delete("/{identity_id:str}", summary="Delete an Identity")
 async def delete_identity(
-    request: Request[Any, Any, Any], account_id: str, identity_id: str
+    request: Request[Any, Any, Any], account_id: AccountId, identity_id: str
 ) -> None:
     async with services(request).engine.begin() as conn:
         await service.delete_identity(conn=conn, account_id=account_id, identity_id=identity_id)

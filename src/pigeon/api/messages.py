@@ -10,9 +10,9 @@ from typing import Annotated, Any
 from litestar import Request, Response, Router, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 
-from pigeon.api.deps import account_of, require_api_key, services
+from pigeon.api.deps import AccountId, account_of, require_api_key, services
 from pigeon.idempotency.store import check_key, fingerprint, scope_id
 from pigeon.messages import query
 from pigeon.messages.accept import SendRequest
@@ -145,7 +145,9 @@ Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="page size")]
     summary="Get a message with its status history",
     tags=["Messages"],
 )
-async def get_message(request: Request[Any, Any, Any], account_id: str, message_id: str) -> Message:
+async def get_message(
+    request: Request[Any, Any, Any], account_id: AccountId, message_id: str
+) -> Message:
     async with services(request).reader.connect() as conn:
         return await query.get_message(conn=conn, account_id=account_id, message_id=message_id)
 
@@ -153,7 +155,7 @@ async def get_message(request: Request[Any, Any, Any], account_id: str, message_
 @get("/v1/messages", summary="List messages, newest first", tags=["Messages"])
 async def list_messages(
     request: Request[Any, Any, Any],
-    account_id: str,
+    account_id: AccountId,
     limit: Limit = DEFAULT_LIMIT,
     cursor: str | None = None,
     channel: str | None = None,
@@ -163,8 +165,8 @@ async def list_messages(
     recipient: Annotated[
         str | None, Parameter(description="a user or identity id, or a destination")
     ] = None,
-    since: Annotated[datetime | None, Parameter(query="from")] = None,
-    until: Annotated[datetime | None, Parameter(query="to")] = None,
+    since: Annotated[datetime | None, QueryParameter(name="from")] = None,
+    until: Annotated[datetime | None, QueryParameter(name="to")] = None,
 ) -> MessageList:
     async with services(request).reader.connect() as conn:
         return await query.list_messages(

@@ -9,7 +9,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pigeon.api.deps import guarded_write, services
+from pigeon.api.deps import AccountId, guarded_write, services
 from pigeon.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from pigeon.users import service
 from pigeon.users.schemas import User, UserCreate, UserList, UserUpdate
@@ -20,7 +20,7 @@ Cursor = Annotated[str | None, Parameter(description="next_cursor of the previou
 
 @post("/", status_code=201, responses={201: ResponseSpec(User)}, summary="Create a User")
 async def create_user(
-    request: Request[Any, Any, Any], account_id: str, data: UserCreate
+    request: Request[Any, Any, Any], account_id: AccountId, data: UserCreate
 ) -> Response[bytes]:
     async def action(conn: AsyncConnection) -> User:
         return await service.create_user(conn=conn, account_id=account_id, body=data)
@@ -31,7 +31,7 @@ async def create_user(
 @get("/", summary="List Users")
 async def list_users(
     request: Request[Any, Any, Any],
-    account_id: str,
+    account_id: AccountId,
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> UserList:
@@ -42,14 +42,14 @@ async def list_users(
 
 
 @get("/{user_id:str}", summary="Get a User")
-async def get_user(request: Request[Any, Any, Any], account_id: str, user_id: str) -> User:
+async def get_user(request: Request[Any, Any, Any], account_id: AccountId, user_id: str) -> User:
     async with services(request).reader.connect() as conn:
         return await service.get_user(conn=conn, account_id=account_id, user_id=user_id)
 
 
 @patch("/{user_id:str}", responses={200: ResponseSpec(User)}, summary="Update a User")
 async def update_user(
-    request: Request[Any, Any, Any], account_id: str, user_id: str, data: UserUpdate
+    request: Request[Any, Any, Any], account_id: AccountId, user_id: str, data: UserUpdate
 ) -> Response[bytes]:
     async def action(conn: AsyncConnection) -> User:
         return await service.update_user(
@@ -60,7 +60,7 @@ async def update_user(
 
 
 @delete("/{user_id:str}", summary="Delete a User")
-async def delete_user(request: Request[Any, Any, Any], account_id: str, user_id: str) -> None:
+async def delete_user(request: Request[Any, Any, Any], account_id: AccountId, user_id: str) -> None:
     async with services(request).engine.begin() as conn:
         await service.delete_user(conn=conn, account_id=account_id, user_id=user_id)
 

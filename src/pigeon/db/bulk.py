@@ -170,10 +170,28 @@ def sqlite_insert_statements(
     per_statement = max(1, SQLITE_MAX_PARAMETERS // len(columns))
     statements = []
     for start in range(0, len(rows), per_statement):
-        chunk = _sqlite_tuples(columns, converters, rows[start : start + per_statement])
+        chunk = rows[start : start + per_statement]
         sql = _sqlite_values(table, columns, len(chunk))
-        statements.append((sql, [value for row in chunk for value in row]))
+        statements.append((sql, _flat_parameters(columns, converters, chunk)))
     return statements
+
+
+def _flat_parameters(
+    columns: Sequence[str], converters: Sequence[Converter], rows: Sequence[dict[str, Any]]
+) -> list[Any]:
+    """The rows' values in column order, one flat list, converting only what needs it."""
+    take = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
+    special = [(i, convert) for i, convert in enumerate(converters) if convert is not _same]
+    parameters: list[Any] = []
+    extend = parameters.extend
+    for row in rows:
+        values = take(row)
+        if special:
+            values = list(values)
+            for i, convert in special:
+                values[i] = convert(values[i])
+        extend(values)
+    return parameters
 
 
 @functools.lru_cache(maxsize=1024)

@@ -138,12 +138,15 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     return problem(exc.status_code, code, detail, instance=path, headers=headers)
 
 
+UNEXPECTED = "an unexpected error occurred; it has been logged"
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unhandled error", path=request.url.path, method=request.method)
     return problem(
         500,
         "internal_error",
-        "an unexpected error occurred; it has been logged",
+        UNEXPECTED,
         instance=request.url.path,
     )
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pigeon.api.deps import Services, api_key_from
 from pigeon.api.messages import SEND_BODIES, scope_send, send_request
-from pigeon.api.problems import PROBLEM_JSON, problem_body
+from pigeon.api.problems import PROBLEM_JSON, UNEXPECTED, problem_body
 from pigeon.errors import PigeonError
 from pigeon.messages.schemas import Channel
 
@@ -82,11 +82,7 @@ class SendFastPath:
             return await _send_problem(send, scope["path"], exc)
         except Exception:
             log.exception("unhandled error", path=scope["path"], method="POST")
-            error = PigeonError(
-                "an unexpected error occurred; it has been logged",
-                code="internal_error",
-                status=500,
-            )
+            error = PigeonError(UNEXPECTED, code="internal_error", status=500)
             return await _send_problem(send, scope["path"], error)
         headers = [_JSON, (b"content-length", str(len(result.body)).encode())]
         if result.replayed:

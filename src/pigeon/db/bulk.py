@@ -113,22 +113,30 @@ def _pg_rows(table: Table, columns: tuple[str, ...], rows: Sequence[dict[str, An
     return msgspec.json.encode(rows).decode()
 
 
-def _sqlite_tuples(
-    columns: Sequence[str], converters: Sequence[Converter], rows: Sequence[dict[str, Any]]
-) -> list[Any]:
-    """The rows as parameter tuples in column order, converting only the columns that need it."""
+def _row_values(
+    columns: Sequence[str], converters: Sequence[Converter]
+) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A row's values in column order, converting only the columns that need it."""
     take = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
     special = [(i, convert) for i, convert in enumerate(converters) if convert is not _same]
     if not special:
-        return [take(row) for row in rows]
-    values = []
-    for row in rows:
-        row_values = list(take(row))
+        return take
+
+    def values(row: dict[str, Any]) -> tuple[Any, ...]:
+        converted = list(take(row))
         for i, convert in special:
-            row_values[i] = convert(row_values[i])
-        # SQLAlchemy's exec_driver_sql takes a list of tuples (not lists) as an executemany.
-        values.append(tuple(row_values))
+            converted[i] = convert(converted[i])
+        return tuple(converted)
+
     return values
+
+
+def _sqlite_tuples(
+    columns: Sequence[str], converters: Sequence[Converter], rows: Sequence[dict[str, Any]]
+) -> list[tuple[Any, ...]]:
+    """The rows as parameter tuples (what exec_driver_sql takes as an executemany)."""
+    values = _row_values(columns, converters)
+    return [values(row) for row in rows]
 
 
 def _dialect(conn: Connection) -> str:
@@ -179,18 +187,11 @@ def sqlite_insert_statements(
 def _flat_parameters(
     columns: Sequence[str], converters: Sequence[Converter], rows: Sequence[dict[str, Any]]
 ) -> list[Any]:
-    """The rows' values in column order, one flat list, converting only what needs it."""
-    take = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
-    special = [(i, convert) for i, convert in enumerate(converters) if convert is not _same]
+    """The rows' values in column order, one flat list."""
+    values = _row_values(columns, converters)
     parameters: list[Any] = []
-    extend = parameters.extend
     for row in rows:
-        values = take(row)
-        if special:
-            values = list(values)
-            for i, convert in special:
-                values[i] = convert(values[i])
-        extend(values)
+        parameters.extend(values(row))
     return parameters
 
 

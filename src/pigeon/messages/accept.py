@@ -296,26 +296,25 @@ def write_batch(conn: Connection, writes: Writes) -> None:
     """Insert a planned batch's rows, in the caller's transaction."""
     insert_rows(conn, messages, writes.messages)
     insert_rows(conn, message_events, writes.events)
+    _delete_expired(conn, writes)
+    insert_rows(conn, idempotency_keys, writes.keys)
+
+
+def _delete_expired(conn: Connection, writes: Writes) -> None:
+    """Remove the expired idempotency records the batch replaces. Only expired ones: a live
+    record makes the insert fail (see `AcceptPipeline._write`)."""
     if writes.expired:
-        # Only expired records may be replaced; a live one makes the insert fail (see caller).
         conn.execute(
             delete(idempotency_keys).where(
                 idempotency_keys.c.scope.in_(writes.expired),
                 idempotency_keys.c.expires_at <= writes.now,
             )
         )
-    insert_rows(conn, idempotency_keys, writes.keys)
 
 
 def _sqlite_statements(conn: Connection, writes: Writes) -> list[tuple[str, list[Any]]]:
     """The batch's inserts for the writer thread (an expired record is deleted here first)."""
-    if writes.expired:
-        conn.execute(
-            delete(idempotency_keys).where(
-                idempotency_keys.c.scope.in_(writes.expired),
-                idempotency_keys.c.expires_at <= writes.now,
-            )
-        )
+    _delete_expired(conn, writes)
     return [
         *sqlite_insert_statements(messages, writes.messages),
         *sqlite_insert_statements(message_events, writes.events),

@@ -127,6 +127,23 @@ def scalar(database_url: str, sql: str) -> Any:
     return asyncio.run(run())
 
 
+def execute(database_url: str, sql: str) -> int:
+    """Run one SQL statement on any Pigeon database; the number of rows it changed."""
+    from sqlalchemy import text
+
+    from pigeon.db.engine import create_engine
+
+    async def run() -> int:
+        engine = create_engine(database_url)
+        try:
+            async with engine.begin() as conn:
+                return int((await conn.execute(text(sql))).rowcount)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
 class Databases:
     """Hands out a new database URL for each Pigeon a test starts."""
 

@@ -8,6 +8,7 @@ import uuid
 import httpx
 
 from tests.conftest import Server
+from tests.databases import execute
 from tests.factories import create_tenant, make_user
 
 
@@ -93,6 +94,27 @@ def test_too_long_key_is_422(api: httpx.Client) -> None:
     assert response.status_code == 422
     assert response.json()["code"] == "invalid_idempotency_key"
     assert sms(api, user["id"], "k" * 255).status_code == 200
+
+
+def test_an_expired_key_is_a_new_request(server: Server, api: httpx.Client) -> None:
+    user = make_user(api)
+    key = uuid.uuid4().hex
+    first = sms(api, user["id"], key, "one")
+    assert first.status_code == 200
+    # Age the record past its TTL (at least a minute in a real run).
+    changed = execute(
+        server.env["PIGEON_DATABASE_URL"],
+        f"UPDATE idempotency_keys SET expires_at = created_at WHERE key = '{key}'",  # noqa: S608
+    )
+    assert changed == 1
+    second = sms(api, user["id"], key, "two")
+    assert second.status_code == 200
+    assert "idempotent-replayed" not in second.headers
+    assert second.json()["messages"][0]["messageId"] != first.json()["messages"][0]["messageId"]
+    third = sms(api, user["id"], key, "two")
+    assert third.headers["idempotent-replayed"] == "true"
+    assert third.content == second.content
+    assert count_messages(api, user["id"]) == 2
 
 
 def test_concurrent_retries_send_once(server: Server, api: httpx.Client) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sqlite3
 
 import httpx
+import pytest
+from sqlalchemy.engine import make_url
 
-from tests.conftest import DEMO_ID, Server, wait_for_final
+from tests.conftest import DATABASES, DEMO_ID, Server, wait_for_final
 from tests.factories import enable_extension, make_person, make_user
 
 PENDING_ACCEPTED = {
@@ -266,3 +270,48 @@ def test_unknown_channel_is_404(api: httpx.Client) -> None:
     response = api.post(f"/v1/users/{user['id']}/message/telegram", json={"content": {"text": "x"}})
     assert response.status_code == 404
     assert response.json()["status"] == 404
+
+
+@pytest.mark.skipif(DATABASES.engine != "sqlite", reason="SQLite's one write lock")
+def test_sends_wait_for_another_sqlite_writer_then_are_stored_once(
+    server: Server, api: httpx.Client
+) -> None:
+    user = make_user(api)
+    url = f"/v1/users/{user['id']}/message/sms"
+    database = make_url(server.env["PIGEON_DATABASE_URL"]).database
+    assert database is not None
+    holder = sqlite3.connect(database, isolation_level=None, timeout=10)
+
+    async def scenario() -> list[httpx.Response]:
+        headers = {"x-api-key": api.headers["x-api-key"]}
+        async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as client:
+            sends = [
+                asyncio.create_task(
+                    client.post(
+                        url,
+                        json={"content": {"text": f"while locked {i}"}},
+                        headers={"idempotency-key": f"{user['id']}-locked-{i}"},
+                    )
+                )
+                for i in range(8)
+            ]
+            await asyncio.sleep(0.7)
+            # Nothing is answered before it is durable, and reads go on meanwhile.
+            assert not any(send.done() for send in sends)
+            listed = await client.get("/v1/messages", params={"recipient": user["id"]})
+            assert listed.status_code == 200
+            assert listed.json()["items"] == []
+            holder.rollback()
+            return await asyncio.gather(*sends)
+
+    holder.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    try:
+        responses = asyncio.run(scenario())
+    finally:
+        if holder.in_transaction:
+            holder.rollback()
+        holder.close()
+    ids = {assert_accepted(response, user["channel"]["sms"]) for response in responses}
+    assert len(ids) == 8
+    listed = api.get("/v1/messages", params={"recipient": user["id"], "limit": 100})
+    assert sorted(m["messageId"] for m in listed.json()["items"]) == sorted(ids)

@@ -59,11 +59,12 @@ def create_engine(url: str, *, read_only: bool = False) -> AsyncEngine:
     return engine
 
 
-def create_sync_engine(url: str) -> Engine:
-    """A plain SQLite engine on the same file for use on the event loop's thread.
+def create_sync_engine(url: str, *, read_only: bool = False, busy_timeout_ms: int = 0) -> Engine:
+    """A plain SQLite engine on the same file, for the accept path's own connections.
 
-    It never waits for a lock (busy timeout 0): waiting would block the loop, and with it the
-    very writer it waits for. Its caller retries a busy database asynchronously instead.
+    By default it never waits for a lock (busy timeout 0): on the event loop's thread waiting
+    would block the loop, and with it the very writer it waits for. A connection used on a
+    thread of its own may wait (`busy_timeout_ms`).
     """
     parsed = make_url(async_url(url)).set(drivername="sqlite")
     engine = sa_create_engine(
@@ -74,7 +75,7 @@ def create_sync_engine(url: str) -> Engine:
         # Multi-row inserts have one statement text per row count: keep them prepared.
         connect_args={"timeout": 0, "check_same_thread": False, "cached_statements": 1024},
     )
-    _install_sqlite_hooks(engine, busy_timeout_ms=0)
+    _install_sqlite_hooks(engine, read_only=read_only, busy_timeout_ms=busy_timeout_ms)
     return engine
 
 

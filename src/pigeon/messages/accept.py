@@ -6,9 +6,11 @@ the rules to each request, writes every message, first event and idempotency rec
 commits once. Each request is answered when the commit that holds it is done: durable before
 the answer, without one commit (and one fsync) per request (group commit).
 
-On SQLite the batch's reads and rules run on a plain sqlite3 connection on the event loop's own
-thread; its inserts and COMMIT (with the fsync) run on a writer thread while the loop goes on
-parsing requests. On PostgreSQL the batch runs on the async engine.
+On SQLite the batch's reads and rules run on a read connection on the event loop's own thread;
+its inserts and COMMIT (with the fsync) run on a writer thread while the loop goes on parsing
+requests. The next batch is read and planned while the previous one commits (two batches in
+flight): the writer thread goes from one COMMIT to the next batch's inserts without waiting for
+the loop. On PostgreSQL the batch runs on the async engine, one at a time.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from typing import Any
 
 import msgspec
 import structlog
-from sqlalchemy import Connection, delete, select, tuple_
+from sqlalchemy import Connection, Engine, delete, select, tuple_
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon.clock import utcnow
 from pigeon.config import Settings
-from pigeon.db.bulk import insert_rows, sqlite_insert_statements
+from pigeon.db.bulk import insert_rows, sqlite_datetime, sqlite_insert_statements
 from pigeon.db.engine import create_sync_engine, is_busy, is_sqlite
 from pigeon.db.lookup import rows_by_key
 from pigeon.db.tables import (
@@ -59,7 +61,7 @@ from pigeon.messages.whatsapp import PLATFORM
 log = structlog.get_logger("pigeon.accept")
 MAX_BATCH = 256
 SWITCH_INTERVAL = 0.0002  # seconds
-BUSY_DEADLINE = 30.0  # seconds a batch waits for SQLite's write lock before failing
+BUSY_TIMEOUT_MS = 30_000  # how long a batch waits for SQLite's write lock before failing
 Outcome = StoredResponse | PigeonError
 
 
@@ -312,32 +314,59 @@ def _delete_expired(conn: Connection, writes: Writes) -> None:
         )
 
 
-def _sqlite_statements(conn: Connection, writes: Writes) -> list[tuple[str, list[Any]]]:
-    """The batch's inserts for the writer thread (an expired record is deleted here first)."""
-    _delete_expired(conn, writes)
+Statements = list[tuple[str, Sequence[Any]]]
+
+
+def _sqlite_statements(writes: Writes) -> Statements:
+    """The batch's writes for the writer thread: the expired idempotency records it replaces
+    are deleted first (only expired ones, as in `_delete_expired`), then the inserts."""
+    deletes: Statements = []
+    if writes.expired:
+        marks = ", ".join("?" for _ in writes.expired)
+        deletes.append(
+            (
+                f"DELETE FROM idempotency_keys WHERE scope IN ({marks}) AND expires_at <= ?",  # noqa: S608
+                [*writes.expired, sqlite_datetime(writes.now)],
+            )
+        )
     return [
+        *deletes,
         *sqlite_insert_statements(messages, writes.messages),
         *sqlite_insert_statements(message_events, writes.events),
         *sqlite_insert_statements(idempotency_keys, writes.keys),
     ]
 
 
-def _insert_and_commit(conn: Connection, statements: list[tuple[str, list[Any]]]) -> None:
-    """The SQLite writer thread's part of a batch: its inserts, then COMMIT with its fsync.
+def _write_sqlite(
+    driver: sqlite3.Connection, statements: Statements, inserted: Callable[[], None]
+) -> None:
+    """The writer thread's part of a batch: BEGIN IMMEDIATE (waiting, up to the busy timeout,
+    for another process's write to end), the inserts, then COMMIT with its fsync.
 
     Straight on the driver's connection, a few calls in all, each of which releases the GIL
-    for its whole run. (SQLAlchemy's own commit, which follows on the loop, then finds no
-    transaction open and does nothing; after an error, its rollback undoes the inserts.)
+    for its whole run. `inserted` is called once the inserts are done (or failed): the loop
+    then plans the next batch while this one commits.
     """
-    driver = conn.connection.dbapi_connection
-    assert driver is not None
-    cursor = driver.cursor()
     try:
-        for sql, parameters in statements:
-            cursor.execute(sql, parameters)
-    finally:
-        cursor.close()
-    driver.commit()
+        driver.execute("BEGIN IMMEDIATE")
+        cursor = driver.cursor()
+        try:
+            for sql, parameters in statements:
+                cursor.execute(sql, parameters)
+        finally:
+            cursor.close()
+    except BaseException:
+        inserted()
+        if driver.in_transaction:
+            driver.rollback()
+        raise
+    inserted()
+    try:
+        driver.commit()
+    except BaseException:
+        if driver.in_transaction:
+            driver.rollback()
+        raise
 
 
 def _message_row(message_id: str, draft: Draft, now: datetime) -> dict[str, Any]:
@@ -378,19 +407,27 @@ class AcceptPipeline:
         self._ready = asyncio.Event()
         self._in_flight: set[Scope] = set()
         self._writer: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
         self._stopping = False
-        # SQLite: the batch's reads and rules run on the event loop's thread; its inserts (a
-        # few multi-row statements) and its COMMIT run on a writer thread: a few calls, each
-        # of which releases the GIL for its whole run (WAL pages, fsync).
-        self._sync_engine = create_sync_engine(settings.database_url) if is_sqlite(engine) else None
+        # SQLite: reads and rules run on a read connection on the loop's thread (it never waits
+        # for a lock: a WAL reader is not blocked by writers); inserts and COMMIT run on a
+        # writer thread with a connection of its own, which may wait for another process's
+        # write to end without holding up the loop.
+        url = settings.database_url
+        self._read_engine: Engine | None = None
+        self._write_engine: Engine | None = None
+        if is_sqlite(engine):
+            self._read_engine = create_sync_engine(url, read_only=True)
+            self._write_engine = create_sync_engine(url, busy_timeout_ms=BUSY_TIMEOUT_MS)
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="pigeon-sqlite-writer")
-        self._sqlite: Connection | None = None  # held across batches; reopened after an error
+        self._reader: Connection | None = None  # held across batches; reopened after an error
+        self._driver: Any = None  # the writer thread's connection (only that thread touches it)
 
     def start(self) -> None:
         """Start the writer (in the app's lifespan)."""
-        if self._sync_engine is not None:
-            # The writer thread takes the GIL back once per batch, when its COMMIT is done; by
-            # default it could wait 5 ms for a busy loop to hand it over.
+        if self._write_engine is not None:
+            # The writer thread takes the GIL back a few times per batch; by default it could
+            # wait 5 ms each time for a busy loop to hand it over.
             sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._writer = asyncio.create_task(self._write_forever())
 
@@ -400,11 +437,13 @@ class AcceptPipeline:
         self._ready.set()
         if self._writer is not None:
             await self._writer
+        self._writer_thread.submit(self._close_driver).result()
         self._writer_thread.shutdown(wait=True)
-        if self._sqlite is not None:
-            self._sqlite.close()
-        if self._sync_engine is not None:
-            self._sync_engine.dispose()
+        if self._reader is not None:
+            self._reader.close()
+        for sync_engine in (self._read_engine, self._write_engine):
+            if sync_engine is not None:
+                sync_engine.dispose()
 
     async def submit(self, item: SendRequest) -> StoredResponse:
         """Queue a send and wait until it is committed (or refused)."""
@@ -429,17 +468,27 @@ class AcceptPipeline:
         return outcome
 
     async def _write_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         while not (self._stopping and not self._queue):
             await self._ready.wait()
             self._ready.clear()
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                await self._write(batch)
+                # `turn` is set when the next batch may start: on SQLite once this batch's
+                # inserts are done (the next is planned while this one commits), elsewhere
+                # once it is committed.
+                turn: asyncio.Future[None] = loop.create_future()
+                task = asyncio.create_task(self._write(batch, turn))
+                self._batches.add(task)
+                task.add_done_callback(self._batches.discard)
+                await turn
+        if self._batches:
+            await asyncio.wait(self._batches)
 
-    async def _write(self, batch: list[SendRequest]) -> None:
+    async def _write(self, batch: list[SendRequest], turn: asyncio.Future[None]) -> None:
         try:
             try:
-                outcomes = await self._run(batch)
+                outcomes = await self._run(batch, turn)
             except IntegrityError:
                 # Another process stored one of these idempotency keys first: settle each
                 # alone, so the one that collided replays the other's answer.
@@ -450,6 +499,8 @@ class AcceptPipeline:
                 if item.future is not None and not item.future.done():
                     item.future.set_exception(exc)
             return
+        finally:
+            _settle(turn)
         for item, outcome in zip(batch, outcomes, strict=True):
             if item.future is not None and not item.future.done():
                 item.future.set_result(outcome)
@@ -468,55 +519,91 @@ class AcceptPipeline:
             headers={"Retry-After": "1"},
         )
 
-    async def _run(self, batch: list[SendRequest]) -> list[Outcome]:
-        if self._sync_engine is not None:
-            return await self._run_sqlite_when_free(batch)
+    async def _run(
+        self, batch: list[SendRequest], turn: asyncio.Future[None] | None = None
+    ) -> list[Outcome]:
+        if self._write_engine is not None:
+            return await self._run_sqlite(batch, turn)
         async with self.engine.begin() as conn:
             return await conn.run_sync(accept_batch, batch, self.settings)
 
-    async def _run_sqlite_when_free(self, batch: list[SendRequest]) -> list[Outcome]:
-        """Run the batch as soon as no other writer (the worker, another process) holds SQLite."""
-        deadline = asyncio.get_running_loop().time() + BUSY_DEADLINE
+    async def _run_sqlite(
+        self, batch: list[SendRequest], turn: asyncio.Future[None] | None
+    ) -> list[Outcome]:
+        """Plan on the loop's thread; insert and commit on the writer thread.
+
+        While the writer thread works in SQLite and waits for the disk, the loop goes on
+        parsing the requests that will make the next batch, and plans it once this batch's
+        inserts are done.
+        """
+        outcomes, writes = await self._plan_sqlite(batch)
+        loop = asyncio.get_running_loop()
+
+        def inserted() -> None:  # on the writer thread
+            if turn is not None:
+                loop.call_soon_threadsafe(_settle, turn)
+
+        try:
+            await loop.run_in_executor(
+                self._writer_thread, self._write_on_thread, _sqlite_statements(writes), inserted
+            )
+        except sqlite3.IntegrityError as exc:
+            # Another process committed one of these idempotency keys after this batch read
+            # them: `_write` settles each request alone.
+            raise IntegrityError(None, None, exc) from exc
+        return outcomes
+
+    async def _plan_sqlite(self, batch: list[SendRequest]) -> tuple[list[Outcome], Writes]:
+        """Read what the batch needs (one short read transaction) and apply the rules."""
+        assert self._read_engine is not None
+        deadline = asyncio.get_running_loop().time() + BUSY_TIMEOUT_MS / 1000
         pause = 0.001
         while True:
+            if self._reader is None:
+                self._reader = self._read_engine.connect()
+            reader = self._reader
             try:
-                return await self._run_sqlite(batch)
+                with reader.begin():
+                    return plan_batch(reader, batch, self.settings)
             except OperationalError as exc:
+                # A WAL reader waits only in rare cases (another connection recovering the
+                # WAL): never on the loop's thread, always briefly.
                 if not is_busy(exc) or asyncio.get_running_loop().time() > deadline:
+                    self._reopen_reader(reader)
                     raise
+            except BaseException:
+                self._reopen_reader(reader)
+                raise
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
 
-    async def _run_sqlite(self, batch: list[SendRequest]) -> list[Outcome]:
-        """Read and apply the rules on the loop's thread; insert and commit on the writer thread.
+    def _reopen_reader(self, reader: Connection) -> None:
+        """Let the next batch read on a new connection."""
+        self._reader = None
+        reader.close()
 
-        While the writer thread works in SQLite and waits for the disk, the loop goes on
-        parsing the requests that will make the next batch.
-        """
-        assert self._sync_engine is not None
-        if self._sqlite is None:
-            self._sqlite = self._sync_engine.connect()
-        conn = self._sqlite
+    def _write_on_thread(self, statements: Statements, inserted: Callable[[], None]) -> None:
+        """On the writer thread: one batch's writes, on the connection that thread holds."""
+        assert self._write_engine is not None
+        if self._driver is None:
+            self._driver = self._write_engine.raw_connection()
         try:
-            with conn.begin():  # BEGIN IMMEDIATE: fails at once (busy) if another writer holds it
-                outcomes, writes = plan_batch(conn, batch, self.settings)
-                statements = _sqlite_statements(conn, writes)
-                await asyncio.get_running_loop().run_in_executor(
-                    self._writer_thread, _insert_and_commit, conn, statements
-                )
-        except sqlite3.IntegrityError as exc:
-            # Raised by the driver on the writer thread: the same collision as below.
-            raise IntegrityError(None, None, exc) from exc
-        except (IntegrityError, OperationalError) as exc:
-            if not isinstance(exc, IntegrityError) and not is_busy(exc):
-                self._reopen(conn)
-            raise
+            _write_sqlite(self._driver.driver_connection, statements, inserted)
+        except (sqlite3.IntegrityError, sqlite3.OperationalError):
+            raise  # a collision, or a lock held too long: the connection itself is sound
         except BaseException:
-            self._reopen(conn)
+            self._close_driver(broken=True)  # the next batch starts on a new connection
             raise
-        return outcomes
 
-    def _reopen(self, conn: Connection) -> None:
-        """Let the next batch start on a new connection."""
-        self._sqlite = None
-        conn.close()
+    def _close_driver(self, *, broken: bool = False) -> None:
+        if self._driver is not None:
+            driver, self._driver = self._driver, None
+            if broken:
+                driver.invalidate()
+            else:
+                driver.close()
+
+
+def _settle(turn: asyncio.Future[None]) -> None:
+    if not turn.done():
+        turn.set_result(None)

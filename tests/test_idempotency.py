@@ -104,7 +104,7 @@ def test_an_expired_key_is_a_new_request(server: Server, api: httpx.Client) -> N
     # Age the record past its TTL (at least a minute in a real run).
     changed = execute(
         server.env["PIGEON_DATABASE_URL"],
-        f"UPDATE idempotency_keys SET expires_at = created_at WHERE key = '{key}'",  # noqa: S608
+        f"UPDATE idempotency_keys SET expires_at = created_at WHERE key = '{key}'",
     )
     assert changed == 1
     second = sms(api, user["id"], key, "two")

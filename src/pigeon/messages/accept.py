@@ -7,10 +7,11 @@ commits once. Each request is answered when the commit that holds it is done: du
 the answer, without one commit (and one fsync) per request (group commit).
 
 On SQLite the batch's reads and rules run on a read connection on the event loop's own thread;
-its inserts and COMMIT (with the fsync) run on a writer thread while the loop goes on parsing
-requests. The next batch is read and planned while the previous one commits (two batches in
-flight): the writer thread goes from one COMMIT to the next batch's inserts without waiting for
-the loop. On PostgreSQL the batch runs on the async engine, one at a time.
+its writes, one statement that inserts and commits with the fsync (`sqlite_batch`), run on a
+writer thread while the loop goes on parsing requests. The next batch is read and planned
+while the previous one is written (two batches in flight): the writer thread goes from one
+batch to the next without waiting for the loop. On PostgreSQL the batch runs on the async
+engine, one at a time.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon.clock import utcnow
 from pigeon.config import Settings
-from pigeon.db.bulk import insert_rows, sqlite_datetime, sqlite_insert_statements
+from pigeon.db.bulk import insert_rows
 from pigeon.db.engine import create_sync_engine, is_busy, is_sqlite
 from pigeon.db.lookup import rows_by_key
 from pigeon.db.tables import (
@@ -56,6 +57,7 @@ from pigeon.messages.rules import (
     user_destination,
 )
 from pigeon.messages.schemas import AcceptedMessage, Channel, SendResponse
+from pigeon.messages.sqlite_batch import SETUP_SQL, batch_statements
 from pigeon.messages.whatsapp import PLATFORM
 
 log = structlog.get_logger("pigeon.accept")
@@ -175,13 +177,13 @@ def _window_key(draft: Draft) -> tuple[str, str, str]:
 
 @dataclass(slots=True)
 class Writes:
-    """The rows a planned batch inserts: its messages, their first events, idempotency records."""
+    """What a planned batch inserts: its new messages (each with a first event), and each
+    message's idempotency record (None for a request without an idempotency-key)."""
 
     now: datetime
     expired: list[str]  # scopes of expired idempotency records to replace
     messages: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    keys: list[dict[str, Any]] = field(default_factory=list)
+    keys: list[dict[str, Any] | None] = field(default_factory=list)
 
 
 def accept_batch(
@@ -246,7 +248,7 @@ def _rows(
     settings: Settings,
 ) -> tuple[list[Outcome], Writes]:
     now = writes.now
-    message_rows, event_rows, key_rows = writes.messages, writes.events, writes.keys
+    message_rows, key_rows = writes.messages, writes.keys
     results: list[Outcome] = []
     expires = now + timedelta(seconds=settings.idempotency_ttl_seconds)
     for item, outcome in zip(items, outcomes, strict=True):
@@ -255,14 +257,6 @@ def _rows(
             continue
         message_id = new_message_id()
         message_rows.append(_message_row(message_id, outcome, now))
-        event_rows.append(
-            {
-                "message_id": message_id,
-                "status_id": status.ACCEPTED.id,
-                "source": "api",
-                "at": now,
-            }
-        )
         body = msgspec.json.encode(
             SendResponse(
                 messages=[
@@ -274,7 +268,9 @@ def _rows(
                 ]
             )
         )
-        if item.scope is not None:
+        if item.scope is None:
+            key_rows.append(None)
+        else:
             account_id, method, path, key = item.scope
             key_rows.append(
                 {
@@ -295,11 +291,21 @@ def _rows(
 
 
 def write_batch(conn: Connection, writes: Writes) -> None:
-    """Insert a planned batch's rows, in the caller's transaction."""
+    """Insert a planned batch's rows, in the caller's transaction. (On SQLite the accept
+    path writes the same rows through `sqlite_batch` instead.)"""
     insert_rows(conn, messages, writes.messages)
-    insert_rows(conn, message_events, writes.events)
+    insert_rows(conn, message_events, [_first_event(m) for m in writes.messages])
     _delete_expired(conn, writes)
-    insert_rows(conn, idempotency_keys, writes.keys)
+    insert_rows(conn, idempotency_keys, [k for k in writes.keys if k is not None])
+
+
+def _first_event(message: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "message_id": message["id"],
+        "status_id": message["status_id"],
+        "source": "api",
+        "at": message["created_at"],
+    }
 
 
 def _delete_expired(conn: Connection, writes: Writes) -> None:
@@ -314,54 +320,28 @@ def _delete_expired(conn: Connection, writes: Writes) -> None:
         )
 
 
-Statements = list[tuple[str, Sequence[Any]]]
-
-
-def _sqlite_statements(writes: Writes) -> Statements:
-    """The batch's writes for the writer thread: the expired idempotency records it replaces
-    are deleted first (only expired ones, as in `_delete_expired`), then the inserts."""
-    deletes: Statements = []
-    if writes.expired:
-        marks = ", ".join("?" for _ in writes.expired)
-        deletes.append(
-            (
-                f"DELETE FROM idempotency_keys WHERE scope IN ({marks}) AND expires_at <= ?",  # noqa: S608
-                [*writes.expired, sqlite_datetime(writes.now)],
-            )
-        )
-    return [
-        *deletes,
-        *sqlite_insert_statements(messages, writes.messages),
-        *sqlite_insert_statements(message_events, writes.events),
-        *sqlite_insert_statements(idempotency_keys, writes.keys),
-    ]
+Statements = list[tuple[str, list[Any]]]
 
 
 def _write_sqlite(
-    driver: sqlite3.Connection, statements: Statements, inserted: Callable[[], None]
+    driver: sqlite3.Connection, statements: Statements, started: Callable[[], None]
 ) -> None:
-    """The writer thread's part of a batch: BEGIN IMMEDIATE (waiting, up to the busy timeout,
-    for another process's write to end), the inserts, then COMMIT with its fsync.
+    """The writer thread's part of a batch, on its autocommit connection: its statement, which
+    takes the write lock (waiting up to the busy timeout for another process's write), inserts
+    everything and commits with its fsync (see `sqlite_batch`), all in one call into SQLite
+    that releases the GIL for its whole run. A batch too large for one statement runs in an
+    explicit transaction.
 
-    Straight on the driver's connection, a few calls in all, each of which releases the GIL
-    for its whole run. `inserted` is called once the inserts are done (or failed): the loop
-    then plans the next batch while this one commits.
+    `started` is called first: the loop plans the next batch while this one is written.
     """
+    started()
+    if len(statements) == 1:
+        driver.execute(*statements[0])
+        return
+    driver.execute("BEGIN IMMEDIATE")
     try:
-        driver.execute("BEGIN IMMEDIATE")
-        cursor = driver.cursor()
-        try:
-            for sql, parameters in statements:
-                cursor.execute(sql, parameters)
-        finally:
-            cursor.close()
-    except BaseException:
-        inserted()
-        if driver.in_transaction:
-            driver.rollback()
-        raise
-    inserted()
-    try:
+        for sql, parameters in statements:
+            driver.execute(sql, parameters)
         driver.commit()
     except BaseException:
         if driver.in_transaction:
@@ -370,7 +350,7 @@ def _write_sqlite(
 
 
 def _message_row(message_id: str, draft: Draft, now: datetime) -> dict[str, Any]:
-    # The columns a new message sets; the rest (error, provider, lease, sent_at...) start NULL.
+    # The columns a new message sets (NEW_MESSAGE_COLUMNS); the rest start NULL.
     return {
         "id": message_id,
         "account_id": draft.account_id,
@@ -410,9 +390,9 @@ class AcceptPipeline:
         self._batches: set[asyncio.Task[None]] = set()
         self._stopping = False
         # SQLite: reads and rules run on a read connection on the loop's thread (it never waits
-        # for a lock: a WAL reader is not blocked by writers); inserts and COMMIT run on a
-        # writer thread with a connection of its own, which may wait for another process's
-        # write to end without holding up the loop.
+        # for a lock: a WAL reader is not blocked by writers); the writes run on a writer
+        # thread with a connection of its own, which may wait for another process's write to
+        # end without holding up the loop.
         url = settings.database_url
         self._read_engine: Engine | None = None
         self._write_engine: Engine | None = None
@@ -474,9 +454,9 @@ class AcceptPipeline:
             self._ready.clear()
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                # `turn` is set when the next batch may start: on SQLite once this batch's
-                # inserts are done (the next is planned while this one commits), elsewhere
-                # once it is committed.
+                # `turn` is set when the next batch may start: on SQLite once the writer
+                # thread starts on this batch (the next is planned while this one is
+                # written), elsewhere once it is committed.
                 turn: asyncio.Future[None] = loop.create_future()
                 task = asyncio.create_task(self._write(batch, turn))
                 self._batches.add(task)
@@ -533,19 +513,20 @@ class AcceptPipeline:
         """Plan on the loop's thread; insert and commit on the writer thread.
 
         While the writer thread works in SQLite and waits for the disk, the loop goes on
-        parsing the requests that will make the next batch, and plans it once this batch's
-        inserts are done.
+        parsing the requests that will make the next batch, and plans it as soon as the
+        writer thread starts on this one.
         """
         outcomes, writes = await self._plan_sqlite(batch)
         loop = asyncio.get_running_loop()
 
-        def inserted() -> None:  # on the writer thread
+        def started() -> None:  # on the writer thread
             if turn is not None:
                 loop.call_soon_threadsafe(_settle, turn)
 
+        statements = batch_statements(writes.messages, writes.keys, writes.expired)
         try:
             await loop.run_in_executor(
-                self._writer_thread, self._write_on_thread, _sqlite_statements(writes), inserted
+                self._writer_thread, self._write_on_thread, statements, started
             )
         except sqlite3.IntegrityError as exc:
             # Another process committed one of these idempotency keys after this batch read
@@ -582,13 +563,14 @@ class AcceptPipeline:
         self._reader = None
         reader.close()
 
-    def _write_on_thread(self, statements: Statements, inserted: Callable[[], None]) -> None:
+    def _write_on_thread(self, statements: Statements, started: Callable[[], None]) -> None:
         """On the writer thread: one batch's writes, on the connection that thread holds."""
         assert self._write_engine is not None
         if self._driver is None:
             self._driver = self._write_engine.raw_connection()
+            self._driver.driver_connection.executescript(SETUP_SQL)
         try:
-            _write_sqlite(self._driver.driver_connection, statements, inserted)
+            _write_sqlite(self._driver.driver_connection, statements, started)
         except (sqlite3.IntegrityError, sqlite3.OperationalError):
             raise  # a collision, or a lock held too long: the connection itself is sound
         except BaseException:

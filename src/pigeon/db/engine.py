@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,11 @@ def async_url(url: str) -> str:
 
 
 def is_busy(exc: BaseException) -> bool:
-    """True for SQLite's "database is locked": another writer holds the lock, try again."""
-    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
+    """True for SQLite's "database is locked" (from SQLAlchemy or straight from the driver):
+    another connection holds the lock, try again."""
+    if isinstance(exc, OperationalError):
+        exc = exc.orig  # type: ignore[assignment]
+    return isinstance(exc, sqlite3.OperationalError) and "database is locked" in str(exc)
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

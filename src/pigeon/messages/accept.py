@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -323,18 +323,13 @@ def _delete_expired(conn: Connection, writes: Writes) -> None:
 Statements = list[tuple[str, list[Any]]]
 
 
-def _write_sqlite(
-    driver: sqlite3.Connection, statements: Statements, started: Callable[[], None]
-) -> None:
+def _write_sqlite(driver: sqlite3.Connection, statements: Statements) -> None:
     """The writer thread's part of a batch, on its autocommit connection: its statement, which
     takes the write lock (waiting up to the busy timeout for another process's write), inserts
     everything and commits with its fsync (see `sqlite_batch`), all in one call into SQLite
     that releases the GIL for its whole run. A batch too large for one statement runs in an
     explicit transaction.
-
-    `started` is called first: the loop plans the next batch while this one is written.
     """
-    started()
     if len(statements) == 1:
         driver.execute(*statements[0])
         return
@@ -388,6 +383,7 @@ class AcceptPipeline:
         self._in_flight: set[Scope] = set()
         self._writer: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
+        self._handed: list[SendRequest] | None = None  # SQLite: the batch the writer has next
         self._stopping = False
         # SQLite: reads and rules run on a read connection on the loop's thread (it never waits
         # for a lock: a WAL reader is not blocked by writers); the writes run on a writer
@@ -448,27 +444,63 @@ class AcceptPipeline:
         return outcome
 
     async def _write_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         while not (self._stopping and not self._queue):
             await self._ready.wait()
             self._ready.clear()
-            while self._queue:
+            if self._write_engine is not None:
+                self._feed_writer()
+                continue
+            while self._queue:  # PostgreSQL: one batch at a time
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                # `turn` is set when the next batch may start: on SQLite once the writer
-                # thread starts on this batch (the next is planned while this one is
-                # written), elsewhere once it is committed.
-                turn: asyncio.Future[None] = loop.create_future()
-                task = asyncio.create_task(self._write(batch, turn))
-                self._batches.add(task)
-                task.add_done_callback(self._batches.discard)
-                await turn
+                await self._write(batch, self._run(batch))
         if self._batches:
             await asyncio.wait(self._batches)
 
-    async def _write(self, batch: list[SendRequest], turn: asyncio.Future[None]) -> None:
+    def _feed_writer(self) -> None:
+        """SQLite: plan the next batch and hand it to the writer thread at once, unless the
+        thread already has one waiting.
+
+        Called when requests arrive, and as soon as the writer thread starts on the batch it
+        was handed: the next batch is planned while that one is written, and is waiting for
+        the thread when it is done.
+        """
+        if self._handed is not None or not self._queue:
+            return
+        batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        self._handed = batch
+        loop = asyncio.get_running_loop()
+
+        def started() -> None:  # on the writer thread
+            loop.call_soon_threadsafe(self._writer_started, batch)
+
+        run: Awaitable[list[Outcome]]
+        try:
+            planned = self._plan_now(batch)
+        except Exception as exc:
+            run = _fail(exc)
+        else:
+            # Busy (rare: see `_plan_sqlite`): plan again when the database is free.
+            if planned is None:
+                run = self._run_sqlite(batch, started)
+            else:
+                outcomes, writes = planned
+                run = self._committed(self._submit(writes, started), outcomes)
+        task = asyncio.create_task(self._write(batch, run))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    def _writer_started(self, batch: list[SendRequest]) -> None:
+        """On the loop: the writer thread took `batch` (or it failed before): feed the next."""
+        if self._handed is batch:
+            self._handed = None
+            self._feed_writer()
+            if self._stopping:
+                self._ready.set()
+
+    async def _write(self, batch: list[SendRequest], run: Awaitable[list[Outcome]]) -> None:
         try:
             try:
-                outcomes = await self._run(batch, turn)
+                outcomes = await run
             except IntegrityError:
                 # Another process stored one of these idempotency keys first: settle each
                 # alone, so the one that collided replays the other's answer.
@@ -480,7 +512,7 @@ class AcceptPipeline:
                     item.future.set_exception(exc)
             return
         finally:
-            _settle(turn)
+            self._writer_started(batch)
         for item, outcome in zip(batch, outcomes, strict=True):
             if item.future is not None and not item.future.done():
                 item.future.set_result(outcome)
@@ -499,35 +531,28 @@ class AcceptPipeline:
             headers={"Retry-After": "1"},
         )
 
-    async def _run(
-        self, batch: list[SendRequest], turn: asyncio.Future[None] | None = None
-    ) -> list[Outcome]:
+    async def _run(self, batch: list[SendRequest]) -> list[Outcome]:
         if self._write_engine is not None:
-            return await self._run_sqlite(batch, turn)
+            return await self._run_sqlite(batch, _nothing)
         async with self.engine.begin() as conn:
             return await conn.run_sync(accept_batch, batch, self.settings)
 
     async def _run_sqlite(
-        self, batch: list[SendRequest], turn: asyncio.Future[None] | None
+        self, batch: list[SendRequest], started: Callable[[], None]
     ) -> list[Outcome]:
-        """Plan on the loop's thread; insert and commit on the writer thread.
-
-        While the writer thread works in SQLite and waits for the disk, the loop goes on
-        parsing the requests that will make the next batch, and plans it as soon as the
-        writer thread starts on this one.
-        """
+        """Plan on the loop's thread (retrying while the database is busy), then write."""
         outcomes, writes = await self._plan_sqlite(batch)
-        loop = asyncio.get_running_loop()
+        return await self._committed(self._submit(writes, started), outcomes)
 
-        def started() -> None:  # on the writer thread
-            if turn is not None:
-                loop.call_soon_threadsafe(_settle, turn)
-
+    def _submit(self, writes: Writes, started: Callable[[], None]) -> Future[None]:
+        """Hand a planned batch's writes to the writer thread, at once."""
         statements = batch_statements(writes.messages, writes.keys, writes.expired)
+        return self._writer_thread.submit(self._write_on_thread, statements, started)
+
+    async def _committed(self, job: Future[None], outcomes: list[Outcome]) -> list[Outcome]:
+        """Wait until the writer thread has committed a batch: its outcomes."""
         try:
-            await loop.run_in_executor(
-                self._writer_thread, self._write_on_thread, statements, started
-            )
+            await asyncio.wrap_future(job)
         except sqlite3.IntegrityError as exc:
             # Another process committed one of these idempotency keys after this batch read
             # them: `_write` settles each request alone.
@@ -535,28 +560,50 @@ class AcceptPipeline:
         return outcomes
 
     async def _plan_sqlite(self, batch: list[SendRequest]) -> tuple[list[Outcome], Writes]:
-        """Read what the batch needs (one short read transaction) and apply the rules."""
-        assert self._read_engine is not None
+        """Read what the batch needs and apply the rules.
+
+        Each read is its own snapshot (no transaction around them): the batch holds no lock,
+        and what it reads can change before its writes anyway. The one race that matters, an
+        idempotency record stored by another process in between, makes the batch's insert
+        fail, and `_write` then settles each request alone.
+        """
         deadline = asyncio.get_running_loop().time() + BUSY_TIMEOUT_MS / 1000
         pause = 0.001
         while True:
-            if self._reader is None:
-                self._reader = self._read_engine.connect()
-            reader = self._reader
             try:
-                with reader.begin():
-                    return plan_batch(reader, batch, self.settings)
-            except OperationalError as exc:
-                # A WAL reader waits only in rare cases (another connection recovering the
-                # WAL): never on the loop's thread, always briefly.
-                if not is_busy(exc) or asyncio.get_running_loop().time() > deadline:
-                    self._reopen_reader(reader)
+                planned = self._plan_now(batch)
+            except (OperationalError, sqlite3.OperationalError):
+                if asyncio.get_running_loop().time() > deadline:
                     raise
-            except BaseException:
-                self._reopen_reader(reader)
-                raise
+                planned = None
+            if planned is not None:
+                return planned
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
+
+    def _plan_now(self, batch: list[SendRequest]) -> tuple[list[Outcome], Writes] | None:
+        """One attempt at `_plan_sqlite`'s reads: None when the database is busy.
+
+        A WAL reader waits only in rare cases (another connection recovering the WAL): never
+        on the loop's thread, always briefly.
+        """
+        assert self._read_engine is not None
+        if self._reader is None:
+            self._reader = self._read_engine.connect()
+        reader = self._reader
+        try:
+            planned = plan_batch(reader, batch, self.settings)
+            if reader.in_transaction():  # begun by a Core read (WhatsApp windows)
+                reader.rollback()
+            return planned
+        except (OperationalError, sqlite3.OperationalError) as exc:
+            self._reopen_reader(reader)
+            if is_busy(exc):
+                return None
+            raise
+        except BaseException:
+            self._reopen_reader(reader)
+            raise
 
     def _reopen_reader(self, reader: Connection) -> None:
         """Let the next batch read on a new connection."""
@@ -564,13 +611,15 @@ class AcceptPipeline:
         reader.close()
 
     def _write_on_thread(self, statements: Statements, started: Callable[[], None]) -> None:
-        """On the writer thread: one batch's writes, on the connection that thread holds."""
+        """On the writer thread: one batch's writes, on the connection that thread holds.
+        `started` comes first: the loop plans the next batch while this one is written."""
+        started()
         assert self._write_engine is not None
         if self._driver is None:
             self._driver = self._write_engine.raw_connection()
             self._driver.driver_connection.executescript(SETUP_SQL)
         try:
-            _write_sqlite(self._driver.driver_connection, statements, started)
+            _write_sqlite(self._driver.driver_connection, statements)
         except (sqlite3.IntegrityError, sqlite3.OperationalError):
             raise  # a collision, or a lock held too long: the connection itself is sound
         except BaseException:
@@ -586,6 +635,9 @@ class AcceptPipeline:
                 driver.close()
 
 
-def _settle(turn: asyncio.Future[None]) -> None:
-    if not turn.done():
-        turn.set_result(None)
+def _nothing() -> None:
+    pass
+
+
+async def _fail(exc: Exception) -> list[Outcome]:
+    raise exc

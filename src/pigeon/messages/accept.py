@@ -62,6 +62,12 @@ from pigeon.messages.whatsapp import PLATFORM
 
 log = structlog.get_logger("pigeon.accept")
 MAX_BATCH = 256
+# A SQLite batch costs the writer about a millisecond whatever its size (the fsync, the GIL
+# handed over twice) plus tens of microseconds per send. While the writer is busy the next
+# batch is handed over early only with at least this many sends; a smaller one waits until
+# the writer is done, and grows meanwhile. In paired runs (64 connections): +12-15% req/s
+# against handing over whatever is queued; 8 and 16 did the same.
+MIN_EARLY_BATCH = 8
 SWITCH_INTERVAL = 0.00005  # seconds
 BUSY_TIMEOUT_MS = 30_000  # how long a batch waits for SQLite's write lock before failing
 Outcome = StoredResponse | PigeonError
@@ -383,6 +389,7 @@ class AcceptPipeline:
         self._in_flight: set[Scope] = set()
         self._writer: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
+        self._writing = 0  # SQLite: batches handed to the writer thread and not yet done
         self._handed: list[SendRequest] | None = None  # SQLite: the batch the writer has next
         self._stopping = False
         # SQLite: reads and rules run on a read connection on the loop's thread (it never waits
@@ -461,12 +468,14 @@ class AcceptPipeline:
         """SQLite: plan the next batch and hand it to the writer thread at once, unless the
         thread already has one waiting.
 
-        Called when requests arrive, and as soon as the writer thread starts on the batch it
-        was handed: the next batch is planned while that one is written, and is waiting for
-        the thread when it is done.
+        Called when requests arrive, as soon as the writer thread starts on the batch it was
+        handed, and when a batch is done: the next batch is planned while that one is
+        written, and is waiting for the thread when it is done.
         """
         if self._handed is not None or not self._queue:
             return
+        if self._writing and len(self._queue) < MIN_EARLY_BATCH:
+            return  # the writer is busy: let the next batch grow until it is done
         batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         self._handed = batch
         loop = asyncio.get_running_loop()
@@ -486,6 +495,7 @@ class AcceptPipeline:
             else:
                 outcomes, writes = planned
                 run = self._committed(self._submit(writes, started), outcomes)
+        self._writing += 1
         task = asyncio.create_task(self._write(batch, run))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
@@ -513,7 +523,10 @@ class AcceptPipeline:
                     item.future.set_exception(exc)
             return
         finally:
-            self._writer_started(batch)
+            if self._write_engine is not None:  # SQLite: the writer is free for the next batch
+                self._writing -= 1
+                self._writer_started(batch)
+                self._feed_writer()
         for item, outcome in zip(batch, outcomes, strict=True):
             if item.future is not None and not item.future.done():
                 item.future.set_result(outcome)

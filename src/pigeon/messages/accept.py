@@ -585,22 +585,27 @@ class AcceptPipeline:
         pause = 0.001
         while True:
             try:
-                planned = self._plan_now(batch)
-            except (OperationalError, sqlite3.OperationalError):
-                if asyncio.get_running_loop().time() > deadline:
+                return self._plan(batch)
+            except (OperationalError, sqlite3.OperationalError) as exc:
+                if not is_busy(exc) or asyncio.get_running_loop().time() > deadline:
                     raise
-                planned = None
-            if planned is not None:
-                return planned
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
 
     def _plan_now(self, batch: list[SendRequest]) -> tuple[list[Outcome], Writes] | None:
-        """One attempt at `_plan_sqlite`'s reads: None when the database is busy.
+        """One attempt at `_plan_sqlite`: None when the database is busy.
 
         A WAL reader waits only in rare cases (another connection recovering the WAL): never
         on the loop's thread, always briefly.
         """
+        try:
+            return self._plan(batch)
+        except (OperationalError, sqlite3.OperationalError) as exc:
+            if is_busy(exc):
+                return None
+            raise
+
+    def _plan(self, batch: list[SendRequest]) -> tuple[list[Outcome], Writes]:
         assert self._read_engine is not None
         if self._reader is None:
             self._reader = self._read_engine.connect()
@@ -610,13 +615,8 @@ class AcceptPipeline:
             if reader.in_transaction():  # begun by a Core read (WhatsApp windows)
                 reader.rollback()
             return planned
-        except (OperationalError, sqlite3.OperationalError) as exc:
-            self._reopen_reader(reader)
-            if is_busy(exc):
-                return None
-            raise
         except BaseException:
-            self._reopen_reader(reader)
+            self._reopen_reader(reader)  # the next batch reads on a new connection
             raise
 
     def _reopen_reader(self, reader: Connection) -> None:
@@ -630,8 +630,15 @@ class AcceptPipeline:
         started()
         assert self._write_engine is not None
         if self._driver is None:
-            self._driver = self._write_engine.raw_connection()
-            self._driver.driver_connection.executescript(SETUP_SQL)
+            driver = self._write_engine.raw_connection()
+            try:
+                connection = driver.driver_connection
+                assert connection is not None
+                connection.executescript(SETUP_SQL)
+            except BaseException:
+                driver.invalidate()
+                raise
+            self._driver = driver
         try:
             _write_sqlite(self._driver.driver_connection, statements)
         except (sqlite3.IntegrityError, sqlite3.OperationalError):

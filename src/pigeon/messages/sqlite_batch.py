@@ -76,10 +76,11 @@ def _names(names: Sequence[str], prefix: str = "") -> str:
 def _setup_sql() -> str:
     columns = [c.name for c in accept_rows.columns]
     record = ("scope", "account_id", *_RECORD_COLUMNS[1:], "created_at")
+    nulls = ", ".join("NULL" for _ in columns)
     # Names come from our own table definitions, never from input.
     return f"""
-CREATE TEMP VIEW accept_rows ({_names(columns)}) AS SELECT {", ".join("NULL" for _ in columns)};
-CREATE TEMP TRIGGER accept_rows_insert INSTEAD OF INSERT ON accept_rows BEGIN
+CREATE TEMP VIEW IF NOT EXISTS accept_rows ({_names(columns)}) AS SELECT {nulls};
+CREATE TEMP TRIGGER IF NOT EXISTS accept_rows_insert INSTEAD OF INSERT ON accept_rows BEGIN
   INSERT INTO messages ({_names(NEW_MESSAGE_COLUMNS)})
     VALUES ({_names(NEW_MESSAGE_COLUMNS, "NEW.")});
   INSERT INTO message_events (message_id, status_id, source, at)

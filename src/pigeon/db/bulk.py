@@ -29,7 +29,7 @@ _PG_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 @functools.lru_cache(maxsize=64)
-def sqlite_datetime(value: datetime | None) -> str | None:
+def _sqlite_datetime(value: datetime | None) -> str | None:
     # The storage format SQLAlchemy's SQLite DATETIME reads back (naive UTC, microseconds).
     # Cached: the rows of one batch share their few timestamps.
     if value is None:
@@ -47,7 +47,7 @@ def _same(value: Any) -> Any:
 
 def _converter(column_type: Any) -> Converter:
     if isinstance(column_type, UTCDateTime):
-        return sqlite_datetime
+        return _sqlite_datetime
     if isinstance(column_type, JSON):
         return _json_text
     return _same

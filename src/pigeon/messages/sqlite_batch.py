@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, Integer, MetaData, Table
 
 from pigeon.db.bulk import sqlite_insert_statements
-from pigeon.db.tables import UTCDateTime, messages
+from pigeon.db.tables import idempotency_keys, messages
 
 # The columns a new message sets; the rest (error, provider, lease, sent_at...) start NULL.
 NEW_MESSAGE_COLUMNS = (
@@ -57,14 +57,7 @@ accept_rows = Table(
     "accept_rows",
     MetaData(),  # not Pigeon's metadata: a view on the writer's connection, not a table
     *(Column(name, messages.c[name].type) for name in NEW_MESSAGE_COLUMNS),
-    Column("scope", String(64)),
-    Column("method", String(8)),
-    Column("path", String(500)),
-    Column("key", String(255)),
-    Column("fingerprint", String(64)),
-    Column("status_code", Integer),
-    Column("response_body", Text),
-    Column("expires_at", UTCDateTime()),
+    *(Column(name, idempotency_keys.c[name].type) for name in _RECORD_COLUMNS),
     Column("replaces", Integer),  # 1: an expired record of this scope is to be replaced
 )
 

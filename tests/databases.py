@@ -110,8 +110,8 @@ class PostgresCluster:
         return self.url(name)
 
 
-def scalar(database_url: str, sql: str) -> Any:
-    """The single value a SQL query returns, from any Pigeon database."""
+def _run_sql(database_url: str, sql: str, *, write: bool) -> Any:
+    """Run one SQL statement on any Pigeon database, in a transaction that commits if `write`."""
     from sqlalchemy import text
 
     from pigeon.db.engine import create_engine
@@ -119,29 +119,23 @@ def scalar(database_url: str, sql: str) -> Any:
     async def run() -> Any:
         engine = create_engine(database_url)
         try:
-            async with engine.connect() as conn:
-                return (await conn.execute(text(sql))).scalar_one()
+            async with engine.begin() if write else engine.connect() as conn:
+                result = await conn.execute(text(sql))
+                return int(result.rowcount) if write else result.scalar_one()
         finally:
             await engine.dispose()
 
     return asyncio.run(run())
+
+
+def scalar(database_url: str, sql: str) -> Any:
+    """The single value a SQL query returns, from any Pigeon database."""
+    return _run_sql(database_url, sql, write=False)
 
 
 def execute(database_url: str, sql: str) -> int:
     """Run one SQL statement on any Pigeon database; the number of rows it changed."""
-    from sqlalchemy import text
-
-    from pigeon.db.engine import create_engine
-
-    async def run() -> int:
-        engine = create_engine(database_url)
-        try:
-            async with engine.begin() as conn:
-                return int((await conn.execute(text(sql))).rowcount)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    return int(_run_sql(database_url, sql, write=True))
 
 
 class Databases:

@@ -57,11 +57,12 @@ from pigeon.messages.rules import (
     user_destination,
 )
 from pigeon.messages.schemas import AcceptedMessage, Channel, SendResponse
-from pigeon.messages.sqlite_batch import SETUP_SQL, batch_statements
+from pigeon.messages.sqlite_batch import MAX_ROWS, SETUP_SQL, batch_statement
 from pigeon.messages.whatsapp import PLATFORM
 
 log = structlog.get_logger("pigeon.accept")
 MAX_BATCH = 256
+assert MAX_BATCH <= MAX_ROWS  # a SQLite batch is one statement
 # A SQLite batch costs the writer about a millisecond whatever its size (the fsync, the GIL
 # handed over twice) plus tens of microseconds per send. While the writer is busy the next
 # batch is handed over early only with at least this many sends; a smaller one waits until
@@ -326,30 +327,6 @@ def _delete_expired(conn: Connection, writes: Writes) -> None:
         )
 
 
-Statements = list[tuple[str, list[Any]]]
-
-
-def _write_sqlite(driver: sqlite3.Connection, statements: Statements) -> None:
-    """The writer thread's part of a batch, on its autocommit connection: its statement, which
-    takes the write lock (waiting up to the busy timeout for another process's write), inserts
-    everything and commits with its fsync (see `sqlite_batch`), all in one call into SQLite
-    that releases the GIL for its whole run. A batch too large for one statement runs in an
-    explicit transaction.
-    """
-    if len(statements) == 1:
-        driver.execute(*statements[0])
-        return
-    driver.execute("BEGIN IMMEDIATE")
-    try:
-        for sql, parameters in statements:
-            driver.execute(sql, parameters)
-        driver.commit()
-    except BaseException:
-        if driver.in_transaction:
-            driver.rollback()
-        raise
-
-
 def _message_row(message_id: str, draft: Draft, now: datetime) -> dict[str, Any]:
     # The columns a new message sets (NEW_MESSAGE_COLUMNS); the rest start NULL.
     return {
@@ -486,15 +463,14 @@ class AcceptPipeline:
         run: Awaitable[list[Outcome]]
         try:
             planned = self._plan_now(batch)
-        except Exception as exc:
-            run = _fail(exc)
-        else:
-            # Busy (rare: see `_plan_sqlite`): plan again when the database is free.
             if planned is None:
+                # Busy (rare: see `_plan_sqlite`): plan again when the database is free.
                 run = self._run_sqlite(batch, started)
             else:
                 outcomes, writes = planned
                 run = self._committed(self._submit(writes, started), outcomes)
+        except Exception as exc:
+            run = _fail(exc)  # `_write` answers the batch's requests with it
         self._writing += 1
         task = asyncio.create_task(self._write(batch, run))
         self._batches.add(task)
@@ -560,8 +536,12 @@ class AcceptPipeline:
 
     def _submit(self, writes: Writes, started: Callable[[], None]) -> Future[None]:
         """Hand a planned batch's writes to the writer thread, at once."""
-        statements = batch_statements(writes.messages, writes.keys, writes.expired)
-        return self._writer_thread.submit(self._write_on_thread, statements, started)
+        statement = (
+            batch_statement(writes.messages, writes.keys, writes.expired)
+            if writes.messages
+            else None  # every request refused or replayed: nothing to write
+        )
+        return self._writer_thread.submit(self._write_on_thread, statement, started)
 
     async def _committed(self, job: Future[None], outcomes: list[Outcome]) -> list[Outcome]:
         """Wait until the writer thread has committed a batch: its outcomes."""
@@ -624,10 +604,14 @@ class AcceptPipeline:
         self._reader = None
         reader.close()
 
-    def _write_on_thread(self, statements: Statements, started: Callable[[], None]) -> None:
+    def _write_on_thread(
+        self, statement: tuple[str, list[Any]] | None, started: Callable[[], None]
+    ) -> None:
         """On the writer thread: one batch's writes, on the connection that thread holds.
         `started` comes first: the loop plans the next batch while this one is written."""
         started()
+        if statement is None:
+            return
         assert self._write_engine is not None
         if self._driver is None:
             driver = self._write_engine.raw_connection()
@@ -640,7 +624,10 @@ class AcceptPipeline:
                 raise
             self._driver = driver
         try:
-            _write_sqlite(self._driver.driver_connection, statements)
+            # Outside a transaction (autocommit) the one statement is its own transaction: it
+            # waits for the write lock (up to the busy timeout), inserts everything and commits
+            # with its fsync, all in one call into SQLite that releases the GIL throughout.
+            self._driver.driver_connection.execute(*statement)
         except (sqlite3.IntegrityError, sqlite3.OperationalError):
             raise  # a collision, or a lock held too long: the connection itself is sound
         except BaseException:

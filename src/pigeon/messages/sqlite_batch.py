@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Column, Integer, MetaData, Table
 
-from pigeon.db.bulk import sqlite_insert_statements
+from pigeon.db.bulk import SQLITE_MAX_PARAMETERS, sqlite_insert_statements
 from pigeon.db.tables import idempotency_keys, messages
 
 # The columns a new message sets; the rest (error, provider, lease, sent_at...) start NULL.
@@ -61,6 +61,9 @@ accept_rows = Table(
     Column("replaces", Integer),  # 1: an expired record of this scope is to be replaced
 )
 
+# The most sends one statement holds (SQLite's limit on bound parameters).
+MAX_ROWS = SQLITE_MAX_PARAMETERS // len(accept_rows.columns)
+
 
 def _names(names: Sequence[str], prefix: str = "") -> str:
     return ", ".join(f'{prefix}"{name}"' for name in names)
@@ -89,12 +92,12 @@ END;
 SETUP_SQL = _setup_sql()
 
 
-def batch_statements(
+def batch_statement(
     new_messages: Sequence[dict[str, Any]],
     records: Sequence[dict[str, Any] | None],
     expired: Sequence[str],
-) -> list[tuple[str, list[Any]]]:
-    """The batch as `accept_rows` inserts: one statement unless the batch is very large.
+) -> tuple[str, list[Any]]:
+    """The batch as one `accept_rows` insert (a batch of up to MAX_ROWS sends).
 
     `records[i]` is the idempotency record of `new_messages[i]` (None without an
     idempotency-key); `expired` the scopes whose expired record the batch replaces.
@@ -111,4 +114,5 @@ def batch_statements(
                 row[name] = record[name]
             row["replaces"] = 1 if record["scope"] in replaced else 0
         rows.append(row)
-    return sqlite_insert_statements(accept_rows, rows)
+    [statement] = sqlite_insert_statements(accept_rows, rows)  # one, for MAX_ROWS or fewer
+    return statement

@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             yield
         finally:
             await svc.accept.stop()
+            await svc.auth.aclose()
             stop.set()
             if worker_task is not None and svc.worker is not None:
                 await worker_task

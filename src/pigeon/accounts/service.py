@@ -7,6 +7,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -14,6 +15,8 @@ from pigeon.clock import utcnow
 from pigeon.db.tables import accounts, api_keys
 from pigeon.errors import NotFound, Unauthorized
 from pigeon.ids import new_object_id, new_token
+
+log = structlog.get_logger("pigeon.accounts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +103,20 @@ async def revoke_key(*, conn: AsyncConnection, key_id: str) -> None:
 
 
 class KeyAuthenticator:
-    """Resolves API keys to account ids, caching answers briefly so revocation lands in ~1 s."""
+    """Resolves API keys to account ids, caching each answer for `ttl_seconds` (1 s) so a
+    revocation lands within about a second.
+
+    A key in use is looked up again in the background once its answer is half-way to expiry,
+    while the cached answer goes on serving: under load no request waits for the lookup, and
+    no answer older than `ttl_seconds` is ever used.
+    """
 
     def __init__(self, engine: AsyncEngine, *, ttl_seconds: float = 1.0) -> None:
         self._engine = engine
         self._ttl = ttl_seconds
         self._cache: dict[str, tuple[float, str | None]] = {}
         self._pending: dict[str, asyncio.Future[str | None]] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}  # by key
 
     async def authenticate(self, key: str | None) -> str:
         """The account id the key belongs to; Unauthorized when missing, unknown or revoked."""
@@ -115,24 +125,52 @@ class KeyAuthenticator:
                 "missing API key: send it in the x-api-key header", code="missing_api_key"
             )
         # The cache is keyed by the key itself (process memory only): no hashing per request.
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > time.monotonic():
-            account_id = cached[1]
-        else:
-            account_id = await self._lookup_once(hash_key(key))
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = (time.monotonic() + self._ttl, account_id)
+        entry = self._fresh(key)
+        account_id = entry[1] if entry is not None else await self._look_up(key)
         if account_id is None:
             raise Unauthorized("invalid or revoked API key", code="invalid_api_key")
         return account_id
 
     def cached(self, key: str) -> str | None:
         """The account id of a key answered within the last second, without awaiting."""
+        entry = self._fresh(key)
+        return None if entry is None else entry[1]
+
+    def _fresh(self, key: str) -> tuple[float, str | None] | None:
+        """The key's unexpired cache entry; one past half its life starts a refresh."""
         entry = self._cache.get(key)
-        if entry is not None and entry[0] > time.monotonic():
-            return entry[1]
-        return None
+        if entry is None:
+            return None
+        left = entry[0] - time.monotonic()
+        if left <= 0:
+            return None
+        if left < self._ttl / 2 and key not in self._refreshing:
+            task = asyncio.get_running_loop().create_task(self._refresh(key))
+            self._refreshing[key] = task
+            task.add_done_callback(lambda _: self._refreshing.pop(key, None))
+        return entry
+
+    async def _refresh(self, key: str) -> None:
+        try:
+            await self._look_up(key)
+        except Exception:
+            # The request that next finds the entry expired looks the key up itself.
+            log.warning("API key lookup failed", exc_info=True)
+
+    async def aclose(self) -> None:
+        """Stop the background refreshes (before the engine is disposed)."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _look_up(self, key: str) -> str | None:
+        """Look the key up (once, however many requests ask at the same time) and cache it."""
+        account_id = await self._lookup_once(hash_key(key))
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (time.monotonic() + self._ttl, account_id)
+        return account_id
 
     async def _lookup_once(self, digest: str) -> str | None:
         """One database lookup per key at a time: concurrent requests share its answer."""

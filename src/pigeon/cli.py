@@ -184,6 +184,7 @@ def serve(
 
     from pigeon.app import create_app
     from pigeon.db.migrate import upgrade
+    from pigeon.http import HttpProtocol
 
     settings = _settings()
     updates: dict[str, Any] = {"worker_enabled": worker}
@@ -205,7 +206,7 @@ def serve(
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": HttpProtocol,
         "access_log": False,
         "log_config": None,
         "timeout_graceful_shutdown": 30,

@@ -144,6 +144,51 @@ def test_concurrent_retries_send_once(server: Server, api: httpx.Client) -> None
     assert count_messages(api, user["id"]) == 1
 
 
+def test_retries_mixed_with_new_requests_replay_and_the_rest_are_stored_once(
+    server: Server, api: httpx.Client
+) -> None:
+    # Retries arrive in the same batches as new requests: each retry replays its first answer
+    # (or 422s on a changed body), and each new request is stored once.
+    user = make_user(api)
+    path = f"/v1/users/{user['id']}/message/sms"
+    old = [uuid.uuid4().hex for _ in range(4)]
+    first = {key: sms(api, user["id"], key, "old") for key in old}
+    new = [uuid.uuid4().hex for _ in range(40)]
+    headers = {"x-api-key": api.headers["x-api-key"]}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as client:
+            sends = [(key, "old") for key in old[:3]] + [(old[3], "changed")]
+            sends += [(key, "new") for key in new]
+            sends.sort(key=lambda send: send[0])  # retries spread among the new ones
+            return await asyncio.gather(
+                *[
+                    client.post(
+                        path,
+                        json={"content": {"text": text}},
+                        headers={"idempotency-key": key},
+                    )
+                    for key, text in sends
+                ]
+            )
+
+    by_key = {r.request.headers["idempotency-key"]: r for r in asyncio.run(burst())}
+    for key in old[:3]:
+        assert by_key[key].status_code == 200
+        assert by_key[key].headers["idempotent-replayed"] == "true"
+        assert by_key[key].content == first[key].content
+    assert by_key[old[3]].status_code == 422
+    assert by_key[old[3]].json()["code"] == "idempotency_key_reused"
+    for key in new:
+        assert by_key[key].status_code == 200, by_key[key].text
+        assert "idempotent-replayed" not in by_key[key].headers
+    ids = {by_key[key].json()["messages"][0]["messageId"] for key in new}
+    assert len(ids) == len(new)
+    listed = api.get("/v1/messages", params={"recipient": user["id"], "limit": 100}).json()
+    assert len(listed["items"]) == len(old) + len(new)
+    assert {m["messageId"] for m in listed["items"]} >= ids
+
+
 def test_patch_is_idempotent_too(api: httpx.Client) -> None:
     user = make_user(api)
     key = uuid.uuid4().hex

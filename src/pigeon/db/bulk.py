@@ -57,10 +57,10 @@ def _quoted(names: Sequence[str]) -> str:
     return ", ".join(f'"{name}"' for name in names)
 
 
-def _pg_recordset(table: Table, columns: Sequence[str]) -> str:
+def pg_recordset(table: Table, columns: Sequence[str], parameter: int = 1) -> str:
     """`json_to_recordset($1::json) AS v(column TYPE, ...)`: the rows of one JSON parameter."""
     types = ", ".join(f'"{c}" {table.c[c].type.compile(dialect=_PG_DIALECT)}' for c in columns)
-    return f"json_to_recordset($1::json) AS v({types})"
+    return f"json_to_recordset(${parameter}::json) AS v({types})"
 
 
 @cache
@@ -83,7 +83,7 @@ def _sqlite_update(
 
 @cache
 def _pg_insert(table: Table, columns: tuple[str, ...]) -> str:
-    source = _pg_recordset(table, columns)
+    source = pg_recordset(table, columns)
     names = _quoted(columns)
     return f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM {source}'  # noqa: S608
 
@@ -91,7 +91,7 @@ def _pg_insert(table: Table, columns: tuple[str, ...]) -> str:
 @cache
 def _pg_update(table: Table, columns: tuple[str, ...], key: str) -> str:
     assignments = ", ".join(f'"{c}" = v."{c}"' for c in columns if c != key)
-    source = _pg_recordset(table, columns)
+    source = pg_recordset(table, columns)
     return (
         f'UPDATE "{table.name}" AS t SET {assignments} '  # noqa: S608
         f'FROM {source} WHERE t."{key}" = v."{key}"'
@@ -103,7 +103,7 @@ def _datetime_columns(table: Table, columns: tuple[str, ...]) -> tuple[str, ...]
     return tuple(c for c in columns if isinstance(table.c[c].type, UTCDateTime))
 
 
-def _pg_rows(table: Table, columns: tuple[str, ...], rows: Sequence[dict[str, Any]]) -> str:
+def pg_rows(table: Table, columns: tuple[str, ...], rows: Sequence[dict[str, Any]]) -> str:
     """The rows as one JSON array; datetimes travel as RFC 3339 text with their offset."""
     for name in _datetime_columns(table, columns):
         # The rows of a batch share a few timestamps: check each distinct one once.
@@ -152,7 +152,7 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
         return
     columns = tuple(rows[0])
     if _dialect(conn) == "postgresql":
-        conn.exec_driver_sql(_pg_insert(table, columns), (_pg_rows(table, columns, rows),))
+        conn.exec_driver_sql(_pg_insert(table, columns), (pg_rows(table, columns, rows),))
         return
     sql, converters = _sqlite_insert(table, columns)
     conn.exec_driver_sql(sql, _sqlite_tuples(columns, converters, rows))
@@ -210,7 +210,7 @@ def update_rows(
         return
     columns = (*(name for name in rows[0] if name != key), key)
     if _dialect(conn) == "postgresql":
-        conn.exec_driver_sql(_pg_update(table, columns, key), (_pg_rows(table, columns, rows),))
+        conn.exec_driver_sql(_pg_update(table, columns, key), (pg_rows(table, columns, rows),))
         return
     sql, converters = _sqlite_update(table, columns, key)
     conn.exec_driver_sql(sql, _sqlite_tuples(columns, converters, rows))

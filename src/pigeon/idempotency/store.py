@@ -34,6 +34,10 @@ class StoredResponse:
     replayed: bool
 
 
+class KeyInUse(Exception):
+    """A batch planned without reading its idempotency records holds a key with a live one."""
+
+
 def fingerprint(body: bytes) -> str:
     """A hash of the request body that ignores key order and white space in JSON."""
     try:

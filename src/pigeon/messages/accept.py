@@ -13,11 +13,12 @@ while the previous one is written (two batches in flight): the writer thread goe
 batch to the next without waiting for the loop. On PostgreSQL the batch runs on the async
 engine, one at a time.
 
-A SQLite batch is planned without reading its idempotency records: the reader's page cache
-is reset by every commit, so those random reads went to the file each time, on the loop's
-thread. The writer checks them instead, on pages it is about to change anyway: its statement
-fails with REPLAYED if a key has a live record (a retried request), and only then is the
-batch planned again with the records read, to replay their answers.
+A batch is first planned without reading its idempotency records: the writes check them,
+on index pages they are about to change anyway (`sqlite_batch`, `pg_batch`), and fail with
+KeyInUse if a key has a live record (a retried request). Only then is the batch planned again
+with the records read, to replay their answers. On SQLite those reads went to the file each
+time (every commit resets the read connection's page cache); on PostgreSQL they were a round
+trip per batch.
 """
 
 from __future__ import annotations
@@ -33,28 +34,26 @@ from typing import Any
 
 import msgspec
 import structlog
-from sqlalchemy import Connection, Engine, delete, select, tuple_
+from sqlalchemy import Connection, Engine, select, tuple_
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pigeon.clock import utcnow
 from pigeon.config import Settings
-from pigeon.db.bulk import insert_rows
 from pigeon.db.engine import create_sync_engine, is_busy, is_sqlite
 from pigeon.db.lookup import rows_by_key
 from pigeon.db.tables import (
     idempotency_keys,
     identities,
     infobip_extensions,
-    message_events,
-    messages,
     users,
     whatsapp_interactions,
 )
 from pigeon.errors import Conflict, PigeonError, Unprocessable
-from pigeon.idempotency.store import Scope, StoredResponse
+from pigeon.idempotency.store import KeyInUse, Scope, StoredResponse
 from pigeon.ids import new_message_id
 from pigeon.messages import status
+from pigeon.messages.pg_batch import run_batch
 from pigeon.messages.rules import (
     Draft,
     check_whatsapp_window,
@@ -121,14 +120,11 @@ class _Batch:
         self.identities = _by_key(conn, identities, "id", _ids(items, "person"))
         accounts = sorted({i.account_id for i in items if i.recipient_type == "person"})
         self.extensions = _by_key(conn, infobip_extensions, "account_id", accounts)
-        self.records: dict[str, Any] = {}
-        self.expired: list[str] = []  # scopes whose old record the batch may replace
+        self.records: dict[str, Any] = {}  # live ones: an expired record is replaced
         scopes = [i.scope_id for i in items if i.scope_id] if read_keys else []
         for record in rows_by_key(conn, idempotency_keys, "scope", scopes, _RECORD):
             if record.expires_at > now:
                 self.records[record.scope] = record
-            else:
-                self.expired.append(record.scope)
 
     def last_inbound(self, triples: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], Any]:
         if not triples:
@@ -199,7 +195,6 @@ class Writes:
     message's idempotency record (None for a request without an idempotency-key)."""
 
     now: datetime
-    expired: list[str]  # scopes of expired idempotency records to replace
     messages: list[dict[str, Any]] = field(default_factory=list)
     keys: list[dict[str, Any] | None] = field(default_factory=list)
 
@@ -242,7 +237,7 @@ def plan_batch(
                 )
             except PigeonError as exc:
                 outcomes[index] = exc
-    return _rows(items, outcomes, Writes(now, batch.expired), settings)
+    return _rows(items, outcomes, Writes(now), settings)
 
 
 def _replay(record: Any, item: SendRequest) -> Outcome:
@@ -304,33 +299,10 @@ def _rows(
 
 
 def write_batch(conn: Connection, writes: Writes) -> None:
-    """Insert a planned batch's rows, in the caller's transaction. (On SQLite the accept
-    path writes the same rows through `sqlite_batch` instead.)"""
-    insert_rows(conn, messages, writes.messages)
-    insert_rows(conn, message_events, [_first_event(m) for m in writes.messages])
-    _delete_expired(conn, writes)
-    insert_rows(conn, idempotency_keys, [k for k in writes.keys if k is not None])
-
-
-def _first_event(message: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "message_id": message["id"],
-        "status_id": message["status_id"],
-        "source": "api",
-        "at": message["created_at"],
-    }
-
-
-def _delete_expired(conn: Connection, writes: Writes) -> None:
-    """Remove the expired idempotency records the batch replaces. Only expired ones: a live
-    record makes the insert fail (see `AcceptPipeline._write`)."""
-    if writes.expired:
-        conn.execute(
-            delete(idempotency_keys).where(
-                idempotency_keys.c.scope.in_(writes.expired),
-                idempotency_keys.c.expires_at <= writes.now,
-            )
-        )
+    """PostgreSQL: insert a planned batch's rows in the caller's transaction, in one statement
+    (`pg_batch`); KeyInUse if one of its keys has a live record. (SQLite writes the same rows
+    through `sqlite_batch`.)"""
+    run_batch(conn, writes.messages, writes.keys)
 
 
 def _message_row(message_id: str, draft: Draft, now: datetime) -> dict[str, Any]:
@@ -449,7 +421,7 @@ class AcceptPipeline:
                 continue
             while self._queue:  # PostgreSQL: one batch at a time
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                await self._write(batch, self._run(batch))
+                await self._write(batch, self._run(batch, read_keys=False))
         if self._batches:
             await asyncio.wait(self._batches)
 
@@ -500,8 +472,10 @@ class AcceptPipeline:
         try:
             try:
                 outcomes = await run
-            except IntegrityError as exc:
-                outcomes = await self._settle(batch, replayed=_replayed(exc))
+            except KeyInUse:
+                outcomes = await self._settle(batch, replayed=True)
+            except IntegrityError:
+                outcomes = await self._settle(batch, replayed=False)
         except Exception as exc:
             log.exception("accept batch failed", size=len(batch))
             for item in batch:
@@ -522,11 +496,11 @@ class AcceptPipeline:
     async def _settle(self, batch: list[SendRequest], *, replayed: bool) -> list[Outcome]:
         """The outcomes of a batch whose insert failed on an idempotency key."""
         if replayed:
-            # SQLite plans a batch without reading its idempotency records, and one of its
+            # The batch was planned without reading its idempotency records, and one of its
             # keys has a live record (a retried request): plan it again, reading them.
             try:
                 return await self._run(batch)
-            except IntegrityError:
+            except (IntegrityError, KeyInUse):
                 pass
         # Another process stored one of these idempotency keys after the batch read them:
         # settle each alone, so the one that collided replays the other's answer.
@@ -536,7 +510,7 @@ class AcceptPipeline:
         for _ in range(2):
             try:
                 return (await self._run([item]))[0]
-            except IntegrityError:
+            except (IntegrityError, KeyInUse):
                 continue
         return Conflict(
             "the idempotency-key is being used concurrently; retry",
@@ -544,18 +518,20 @@ class AcceptPipeline:
             headers={"Retry-After": "1"},
         )
 
-    async def _run(self, batch: list[SendRequest]) -> list[Outcome]:
+    async def _run(self, batch: list[SendRequest], *, read_keys: bool = True) -> list[Outcome]:
         if self._write_engine is not None:
-            return await self._run_sqlite(batch, _nothing)
+            return await self._run_sqlite(batch, _nothing, read_keys=read_keys)
         for attempt in range(2):
             conn = await self._connection()
             planned = False
             try:
                 async with conn.begin():
-                    outcomes, writes = await conn.run_sync(plan_batch, batch, self.settings)
+                    outcomes, writes = await conn.run_sync(
+                        plan_batch, batch, self.settings, read_keys=read_keys
+                    )
                     planned = True
                     await conn.run_sync(write_batch, writes)
-            except IntegrityError:
+            except (IntegrityError, KeyInUse):
                 raise  # rolled back; the connection is sound
             except BaseException as exc:
                 self._held = None  # the next batch starts on another connection
@@ -615,6 +591,8 @@ class AcceptPipeline:
         try:
             await asyncio.wrap_future(job, loop=self._loop)
         except sqlite3.IntegrityError as exc:
+            if str(exc) == REPLAYED:
+                raise KeyInUse() from exc
             # Another process committed one of these idempotency keys after this batch read
             # them: `_write` settles each request alone.
             raise IntegrityError(None, None, exc) from exc
@@ -714,12 +692,6 @@ class AcceptPipeline:
 
 def _nothing() -> None:
     pass
-
-
-def _replayed(exc: IntegrityError) -> bool:
-    """The failure of a SQLite batch planned without reading its idempotency records, one of
-    whose keys has a live record."""
-    return isinstance(exc.orig, sqlite3.IntegrityError) and str(exc.orig) == REPLAYED
 
 
 async def _fail(exc: Exception) -> list[Outcome]:

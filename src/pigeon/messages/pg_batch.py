@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection
@@ -58,7 +59,9 @@ def run_batch(
     transaction; KeyInUse if one of the keys has a live record (nothing is then to be kept)."""
     if not new_messages:
         return
-    kept = [r for r in records if r is not None]
+    # In key order: two processes inserting the same keys lock them in the same order, so one
+    # waits for the other instead of the two deadlocking.
+    kept = sorted((r for r in records if r is not None), key=itemgetter("scope"))
     message_columns = tuple(new_messages[0])
     record_columns = tuple(kept[0]) if kept else tuple(c.name for c in idempotency_keys.columns)
     stored = conn.exec_driver_sql(

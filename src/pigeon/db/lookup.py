@@ -4,8 +4,9 @@ The accept path reads a few rows per batch by key (users, idempotency records). 
 SQLAlchemy each such read costs a few hundred microseconds of statement handling (an expanding
 IN is compiled anew for each list length) before the database does tens of microseconds of
 work: on PostgreSQL it was 13% of an API process under load. So the statement text is built
-once per (table, columns, key, list length) from the table's own definition, runs on the
-driver's cursor, and its results are converted with the column types' own result processors.
+once per (table, columns, key, list length) from the table's own definition, runs straight
+on the driver (SQLite's cursor; on PostgreSQL `exec_driver_sql`, which skips the compiler),
+and its results are converted with the column types' own result processors.
 """
 
 from __future__ import annotations

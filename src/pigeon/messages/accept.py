@@ -206,7 +206,7 @@ def plan_batch(
     to insert for those accepted (by `write_batch`, in the same transaction).
 
     With `read_keys=False` the idempotency records are not read: the plan takes every key as
-    new, and its writes must fail if one is not (SQLite's `batch_statement` does).
+    new, and its writes raise KeyInUse if one is not (`sqlite_batch`, `pg_batch`).
     """
     now = utcnow()
     batch = _Batch(conn, items, now, read_keys)

@@ -53,8 +53,9 @@ def _converter(column_type: Any) -> Converter:
     return _same
 
 
-def _quoted(names: Sequence[str]) -> str:
-    return ", ".join(f'"{name}"' for name in names)
+def quoted(names: Sequence[str], prefix: str = "") -> str:
+    """Column names for SQL text: `"a", "b"` (with a prefix: `NEW."a", NEW."b"`)."""
+    return ", ".join(f'{prefix}"{name}"' for name in names)
 
 
 def pg_recordset(table: Table, columns: Sequence[str], parameter: int = 1) -> str:
@@ -67,7 +68,7 @@ def pg_recordset(table: Table, columns: Sequence[str], parameter: int = 1) -> st
 def _sqlite_insert(table: Table, columns: tuple[str, ...]) -> tuple[str, tuple[Converter, ...]]:
     marks = ", ".join("?" for _ in columns)
     # Names come from our own table definitions, never from input.
-    sql = f'INSERT INTO "{table.name}" ({_quoted(columns)}) VALUES ({marks})'  # noqa: S608
+    sql = f'INSERT INTO "{table.name}" ({quoted(columns)}) VALUES ({marks})'  # noqa: S608
     return sql, tuple(_converter(table.c[c].type) for c in columns)
 
 
@@ -84,7 +85,7 @@ def _sqlite_update(
 @cache
 def _pg_insert(table: Table, columns: tuple[str, ...]) -> str:
     source = pg_recordset(table, columns)
-    names = _quoted(columns)
+    names = quoted(columns)
     return f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM {source}'  # noqa: S608
 
 
@@ -199,7 +200,7 @@ def _flat_parameters(
 def _sqlite_values(table: Table, columns: tuple[str, ...], count: int) -> str:
     row = "(" + ", ".join("?" for _ in columns) + ")"
     values = ", ".join(row for _ in range(count))
-    return f'INSERT INTO "{table.name}" ({_quoted(columns)}) VALUES {values}'  # noqa: S608
+    return f'INSERT INTO "{table.name}" ({quoted(columns)}) VALUES {values}'  # noqa: S608
 
 
 def update_rows(

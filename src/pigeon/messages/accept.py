@@ -115,7 +115,6 @@ class _Batch:
         self, conn: Connection, items: Sequence[SendRequest], now: datetime, read_keys: bool
     ) -> None:
         self.conn = conn
-        self.now = now
         self.users = _by_key(conn, users, "id", _ids(items, "user"))
         self.identities = _by_key(conn, identities, "id", _ids(items, "person"))
         accounts = sorted({i.account_id for i in items if i.recipient_type == "person"})

@@ -20,28 +20,25 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from pigeon.db.bulk import pg_recordset, pg_rows
+from pigeon.db.bulk import pg_recordset, pg_rows, quoted
 from pigeon.db.tables import idempotency_keys, messages
 from pigeon.idempotency.store import KeyInUse
 
 
 @cache
 def _statement(message_columns: tuple[str, ...], record_columns: tuple[str, ...]) -> str:
-    def names(columns: Sequence[str], prefix: str = "") -> str:
-        return ", ".join(f'{prefix}"{c}"' for c in columns)
-
     replace = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in record_columns if c != "scope")
     # Names come from our own table definitions, never from input; the rows are bound.
     return f"""
 WITH k AS (
-  INSERT INTO idempotency_keys ({names(record_columns)})
-  SELECT {names(record_columns)} FROM {pg_recordset(idempotency_keys, record_columns, 2)}
+  INSERT INTO idempotency_keys ({quoted(record_columns)})
+  SELECT {quoted(record_columns)} FROM {pg_recordset(idempotency_keys, record_columns, 2)}
   ON CONFLICT (scope) DO UPDATE SET {replace}
     WHERE idempotency_keys.expires_at <= EXCLUDED.created_at
   RETURNING 1
 ), m AS (
-  INSERT INTO messages ({names(message_columns)})
-  SELECT {names(message_columns)} FROM {pg_recordset(messages, message_columns, 1)}
+  INSERT INTO messages ({quoted(message_columns)})
+  SELECT {quoted(message_columns)} FROM {pg_recordset(messages, message_columns, 1)}
   RETURNING id, status_id, created_at
 ), e AS (
   INSERT INTO message_events (message_id, status_id, source, at)

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Column, MetaData, Table
 
-from pigeon.db.bulk import SQLITE_MAX_PARAMETERS, sqlite_insert_statements
+from pigeon.db.bulk import SQLITE_MAX_PARAMETERS, quoted, sqlite_insert_statements
 from pigeon.db.tables import idempotency_keys, messages
 
 # The columns a new message sets; the rest (error, provider, lease, sent_at...) start NULL.
@@ -67,28 +67,24 @@ accept_rows = Table(
 MAX_ROWS = SQLITE_MAX_PARAMETERS // len(accept_rows.columns)
 
 
-def _names(names: Sequence[str], prefix: str = "") -> str:
-    return ", ".join(f'{prefix}"{name}"' for name in names)
-
-
 def _setup_sql() -> str:
     columns = [c.name for c in accept_rows.columns]
     record = ("scope", "account_id", *_RECORD_COLUMNS[1:], "created_at")
     nulls = ", ".join("NULL" for _ in columns)
     # Names come from our own table definitions, never from input.
     return f"""
-CREATE TEMP VIEW IF NOT EXISTS accept_rows ({_names(columns)}) AS SELECT {nulls};
+CREATE TEMP VIEW IF NOT EXISTS accept_rows ({quoted(columns)}) AS SELECT {nulls};
 CREATE TEMP TRIGGER IF NOT EXISTS accept_rows_insert INSTEAD OF INSERT ON accept_rows BEGIN
   SELECT RAISE(ABORT, '{REPLAYED}') WHERE NEW.scope IS NOT NULL AND EXISTS (
     SELECT 1 FROM idempotency_keys WHERE scope = NEW.scope AND expires_at > NEW.created_at);
   DELETE FROM idempotency_keys
     WHERE NEW.scope IS NOT NULL AND scope = NEW.scope AND expires_at <= NEW.created_at;
-  INSERT INTO messages ({_names(NEW_MESSAGE_COLUMNS)})
-    VALUES ({_names(NEW_MESSAGE_COLUMNS, "NEW.")});
+  INSERT INTO messages ({quoted(NEW_MESSAGE_COLUMNS)})
+    VALUES ({quoted(NEW_MESSAGE_COLUMNS, "NEW.")});
   INSERT INTO message_events (message_id, status_id, source, at)
     VALUES (NEW.id, NEW.status_id, 'api', NEW.created_at);
-  INSERT INTO idempotency_keys ({_names(record)})
-    SELECT {_names(record, "NEW.")} WHERE NEW.scope IS NOT NULL;
+  INSERT INTO idempotency_keys ({quoted(record)})
+    SELECT {quoted(record, "NEW.")} WHERE NEW.scope IS NOT NULL;
 END;
 """  # noqa: S608
 

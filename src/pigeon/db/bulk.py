@@ -29,7 +29,7 @@ _PG_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 @functools.lru_cache(maxsize=64)
-def _sqlite_datetime(value: datetime | None) -> str | None:
+def sqlite_datetime(value: datetime | None) -> str | None:
     # The storage format SQLAlchemy's SQLite DATETIME reads back (naive UTC, microseconds).
     # Cached: the rows of one batch share their few timestamps.
     if value is None:
@@ -37,7 +37,7 @@ def _sqlite_datetime(value: datetime | None) -> str | None:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def _json_text(value: Any) -> str | None:
+def json_text(value: Any) -> str | None:
     return None if value is None else msgspec.json.encode(value).decode()
 
 
@@ -47,9 +47,9 @@ def _same(value: Any) -> Any:
 
 def _converter(column_type: Any) -> Converter:
     if isinstance(column_type, UTCDateTime):
-        return _sqlite_datetime
+        return sqlite_datetime
     if isinstance(column_type, JSON):
-        return _json_text
+        return json_text
     return _same
 
 
@@ -160,47 +160,6 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
 
 
 SQLITE_MAX_PARAMETERS = 32_766  # SQLITE_MAX_VARIABLE_NUMBER since SQLite 3.32
-
-
-def sqlite_insert_statements(
-    table: Table, rows: Sequence[dict[str, Any]]
-) -> list[tuple[str, list[Any]]]:
-    """Rows (dicts with the same keys) as multi-row `INSERT ... VALUES (...), (...)` statements,
-    each with its parameters flattened, for a plain sqlite3 cursor.
-
-    One statement is one call into SQLite, which releases the GIL for all its rows at once
-    (executemany releases and takes it back for every row): the form to run on a thread
-    while the event loop keeps the GIL busy.
-    """
-    if not rows:
-        return []
-    columns = tuple(rows[0])
-    _, converters = _sqlite_insert(table, columns)
-    per_statement = max(1, SQLITE_MAX_PARAMETERS // len(columns))
-    statements = []
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
-        sql = _sqlite_values(table, columns, len(chunk))
-        statements.append((sql, _flat_parameters(columns, converters, chunk)))
-    return statements
-
-
-def _flat_parameters(
-    columns: Sequence[str], converters: Sequence[Converter], rows: Sequence[dict[str, Any]]
-) -> list[Any]:
-    """The rows' values in column order, one flat list."""
-    values = _row_values(columns, converters)
-    parameters: list[Any] = []
-    for row in rows:
-        parameters.extend(values(row))
-    return parameters
-
-
-@functools.lru_cache(maxsize=1024)
-def _sqlite_values(table: Table, columns: tuple[str, ...], count: int) -> str:
-    row = "(" + ", ".join("?" for _ in columns) + ")"
-    values = ", ".join(row for _ in range(count))
-    return f'INSERT INTO "{table.name}" ({quoted(columns)}) VALUES {values}'  # noqa: S608
 
 
 def update_rows(

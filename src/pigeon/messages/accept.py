@@ -62,7 +62,13 @@ from pigeon.messages.rules import (
     user_destination,
 )
 from pigeon.messages.schemas import AcceptedMessage, Channel, SendResponse
-from pigeon.messages.sqlite_batch import MAX_ROWS, REPLAYED, SETUP_SQL, batch_statement
+from pigeon.messages.sqlite_batch import (
+    MAX_ROWS,
+    NEW_MESSAGE_STATE,
+    REPLAYED,
+    SETUP_SQL,
+    batch_statement,
+)
 from pigeon.messages.whatsapp import PLATFORM
 
 log = structlog.get_logger("pigeon.accept")
@@ -305,7 +311,8 @@ def write_batch(conn: Connection, writes: Writes) -> None:
 
 
 def _message_row(message_id: str, draft: Draft, now: datetime) -> dict[str, Any]:
-    # The columns a new message sets (NEW_MESSAGE_COLUMNS); the rest start NULL.
+    # The columns a new message sets; the rest start NULL. SQLite's trigger derives the state
+    # columns itself (`sqlite_batch`); PostgreSQL takes them from here.
     return {
         "id": message_id,
         "account_id": draft.account_id,
@@ -316,9 +323,7 @@ def _message_row(message_id: str, draft: Draft, now: datetime) -> dict[str, Any]
         "route": draft.route,
         "sender": draft.sender,
         "content": draft.content,
-        "status_id": status.ACCEPTED.id,
-        "group_id": status.ACCEPTED.groupId,
-        "attempts": 0,
+        **NEW_MESSAGE_STATE,
         "next_attempt_at": now,
         "created_at": now,
         "updated_at": now,

@@ -2,14 +2,14 @@
 
 The accept path's SQLite writer thread needs the GIL back after every call into SQLite, and
 while the event loop is busy each hand-over costs a few hundred microseconds. So a batch is
-one `INSERT INTO accept_rows VALUES (...), (...)`: one row per accepted send, holding the
-message's columns and its idempotency record's. `accept_rows` is a TEMP view (it exists only
-on the writer's own connection, never in the schema) whose INSTEAD OF trigger, for each row:
-- fails the whole statement with REPLAYED when the send's idempotency key already has a live
-  record (the batch was planned without reading the records: see `AcceptPipeline`);
-- deletes the key's expired record, if any (the send replaces it);
-- inserts the message, its first event (PENDING_ACCEPTED, from "api") and its idempotency
-  record.
+one `INSERT INTO accept_rows VALUES (...), (...)`: one row per accepted send, holding what
+differs between sends of its message's columns and its idempotency record's. `accept_rows` is
+a TEMP view (it exists only on the writer's own connection, never in the schema) whose
+INSTEAD OF trigger, for each row:
+- inserts the message and its first event (PENDING_ACCEPTED, from "api");
+- inserts its idempotency record, or replaces the key's expired one (an upsert);
+- fails the whole statement with REPLAYED when the key's record is live, so that the upsert
+  changed nothing (the batch was planned without reading the records: see `AcceptPipeline`).
 
 Run outside an explicit transaction, that one statement is its own transaction: it takes the
 write lock (waiting up to the busy timeout for another process), inserts everything, and
@@ -18,16 +18,25 @@ commits with its fsync before it returns; on any error nothing of it is kept.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Column, MetaData, Table
+from pigeon.db.bulk import SQLITE_MAX_PARAMETERS, json_text, quoted, sqlite_datetime
+from pigeon.messages import status
 
-from pigeon.db.bulk import SQLITE_MAX_PARAMETERS, quoted, sqlite_insert_statements
-from pigeon.db.tables import idempotency_keys, messages
-
-# The columns a new message sets; the rest (error, provider, lease, sent_at...) start NULL.
-NEW_MESSAGE_COLUMNS = (
+# What every new message starts with (`accept._message_row` sets the same for PostgreSQL):
+# PENDING_ACCEPTED, no attempts yet, due at once, so next_attempt_at and updated_at are its
+# created_at. The trigger writes these itself: a row binds only what differs between sends.
+NEW_MESSAGE_STATE = {
+    "status_id": status.ACCEPTED.id,
+    "group_id": status.ACCEPTED.groupId,
+    "attempts": 0,
+}
+# A new message's columns that a row binds; the rest (error, provider, lease, sent_at...)
+# start NULL.
+MESSAGE_COLUMNS = (
     "id",
     "account_id",
     "channel",
@@ -37,61 +46,62 @@ NEW_MESSAGE_COLUMNS = (
     "route",
     "sender",
     "content",
-    "status_id",
-    "group_id",
-    "attempts",
-    "next_attempt_at",
     "created_at",
-    "updated_at",
 )
-# An idempotency record's own columns; its account_id and created_at are the message's.
-_RECORD_COLUMNS = (
-    "scope",
-    "method",
-    "path",
-    "key",
-    "fingerprint",
-    "status_code",
-    "response_body",
-    "expires_at",
-)
-
-accept_rows = Table(
-    "accept_rows",
-    MetaData(),  # not Pigeon's metadata: a view on the writer's connection, not a table
-    *(Column(name, messages.c[name].type) for name in NEW_MESSAGE_COLUMNS),
-    *(Column(name, idempotency_keys.c[name].type) for name in _RECORD_COLUMNS),
-)
+# An idempotency record's columns that a row binds: its account_id and created_at are the
+# message's, and its status_code is 200 (a refused send is not stored).
+RECORD_COLUMNS = ("scope", "method", "path", "key", "fingerprint", "response_body", "expires_at")
+COLUMNS = MESSAGE_COLUMNS + RECORD_COLUMNS
 
 # The most sends one statement holds (SQLite's limit on bound parameters).
-MAX_ROWS = SQLITE_MAX_PARAMETERS // len(accept_rows.columns)
+MAX_ROWS = SQLITE_MAX_PARAMETERS // len(COLUMNS)
+
+# The error message of a batch that holds a send whose idempotency key has a live record.
+REPLAYED = "pigeon: an idempotency key of this batch has a live record"
 
 
 def _setup_sql() -> str:
-    columns = [c.name for c in accept_rows.columns]
-    record = ("scope", "account_id", *_RECORD_COLUMNS[1:], "created_at")
-    nulls = ", ".join("NULL" for _ in columns)
-    # Names come from our own table definitions, never from input.
+    nulls = ", ".join("NULL" for _ in COLUMNS)
+    state = NEW_MESSAGE_STATE
+    message = (*MESSAGE_COLUMNS, *state, "next_attempt_at", "updated_at")
+    message_values = (
+        quoted(MESSAGE_COLUMNS, "NEW."),
+        *(str(value) for value in state.values()),
+        "NEW.created_at, NEW.created_at",
+    )
+    record = ("scope", "account_id", *RECORD_COLUMNS[1:], "status_code", "created_at")
+    record_values = f"{quoted(record[:-2], 'NEW.')}, 200, NEW.created_at"
+    replace = ", ".join(f'"{c}" = excluded."{c}"' for c in record if c != "scope")
+    # Names and numbers come from our own definitions, never from input.
     return f"""
-CREATE TEMP VIEW IF NOT EXISTS accept_rows ({quoted(columns)}) AS SELECT {nulls};
+CREATE TEMP VIEW IF NOT EXISTS accept_rows ({quoted(COLUMNS)}) AS SELECT {nulls};
 CREATE TEMP TRIGGER IF NOT EXISTS accept_rows_insert INSTEAD OF INSERT ON accept_rows BEGIN
-  SELECT RAISE(ABORT, '{REPLAYED}') WHERE NEW.scope IS NOT NULL AND EXISTS (
-    SELECT 1 FROM idempotency_keys WHERE scope = NEW.scope AND expires_at > NEW.created_at);
-  DELETE FROM idempotency_keys
-    WHERE NEW.scope IS NOT NULL AND scope = NEW.scope AND expires_at <= NEW.created_at;
-  INSERT INTO messages ({quoted(NEW_MESSAGE_COLUMNS)})
-    VALUES ({quoted(NEW_MESSAGE_COLUMNS, "NEW.")});
+  INSERT INTO messages ({quoted(message)}) VALUES ({", ".join(message_values)});
   INSERT INTO message_events (message_id, status_id, source, at)
-    VALUES (NEW.id, NEW.status_id, 'api', NEW.created_at);
+    VALUES (NEW.id, {state["status_id"]}, 'api', NEW.created_at);
   INSERT INTO idempotency_keys ({quoted(record)})
-    SELECT {quoted(record, "NEW.")} WHERE NEW.scope IS NOT NULL;
+    SELECT {record_values} WHERE NEW.scope IS NOT NULL
+    ON CONFLICT (scope) DO UPDATE SET {replace}
+      WHERE idempotency_keys.expires_at <= excluded.created_at;
+  SELECT RAISE(ABORT, '{REPLAYED}') WHERE NEW.scope IS NOT NULL AND changes() = 0;
 END;
 """  # noqa: S608
 
 
-# The error message of a batch that holds a send whose idempotency key has a live record.
-REPLAYED = "pigeon: an idempotency key of this batch has a live record"
 SETUP_SQL = _setup_sql()
+
+_message_values = itemgetter(*MESSAGE_COLUMNS)
+_record_values = itemgetter(*RECORD_COLUMNS)
+_NO_RECORD = (None,) * len(RECORD_COLUMNS)
+_CONTENT = MESSAGE_COLUMNS.index("content")
+_CREATED_AT = MESSAGE_COLUMNS.index("created_at")
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(count: int) -> str:
+    row = "(" + ", ".join("?" for _ in COLUMNS) + ")"
+    # Names come from our own definitions; the values are bound.
+    return f"INSERT INTO accept_rows ({quoted(COLUMNS)}) VALUES {', '.join([row] * count)}"  # noqa: S608
 
 
 def batch_statement(
@@ -102,15 +112,15 @@ def batch_statement(
     `records[i]` is the idempotency record of `new_messages[i]` (None without an
     idempotency-key). The statement fails with REPLAYED if one of the keys has a live record.
     """
-    none = dict.fromkeys(_RECORD_COLUMNS)
-    rows = []
+    parameters: list[Any] = []
     for message, record in zip(new_messages, records, strict=True):
-        row = dict(message)
+        values = list(_message_values(message))
+        values[_CONTENT] = json_text(values[_CONTENT])
+        values[_CREATED_AT] = sqlite_datetime(values[_CREATED_AT])
+        parameters += values
         if record is None:
-            row.update(none)
+            parameters += _NO_RECORD
         else:
-            for name in _RECORD_COLUMNS:
-                row[name] = record[name]
-        rows.append(row)
-    [statement] = sqlite_insert_statements(accept_rows, rows)  # one, for MAX_ROWS or fewer
-    return statement
+            parameters += _record_values(record)
+            parameters[-1] = sqlite_datetime(parameters[-1])  # expires_at
+    return _insert_sql(len(new_messages)), parameters

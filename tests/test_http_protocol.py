@@ -124,3 +124,24 @@ def test_a_large_response_arrives_whole(server: Server) -> None:
     assert response.status_code == 200
     assert len(response.content) == int(response.headers["content-length"])
     assert response.json()["info"]["title"] == "Pigeon"
+
+
+def test_answers_do_not_name_the_server_software_and_ignore_forwarded_headers(
+    server: Server, api: httpx.Client
+) -> None:
+    # Pigeon builds its own URLs from PIGEON_PUBLIC_URL and reads no client address, so a
+    # client's X-Forwarded-* headers change nothing, and no `server` header tells a scanner
+    # which software to probe.
+    plain = httpx.get(f"{server.base_url}/health", timeout=10)
+    forwarded = httpx.get(
+        f"{server.base_url}/health",
+        headers={"x-forwarded-proto": "https", "x-forwarded-for": "203.0.113.9"},
+        timeout=10,
+    )
+    assert plain.status_code == forwarded.status_code == 200
+    assert plain.json() == forwarded.json()
+    assert "server" not in plain.headers
+    assert "date" in plain.headers  # HTTP/1.1 still wants the date
+    sent = api.post("/v1/apps/message/sms", json={"to": "38598123456", "content": {"text": "hi"}})
+    assert sent.status_code == 200, sent.text
+    assert "server" not in sent.headers

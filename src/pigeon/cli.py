@@ -209,6 +209,11 @@ def serve(
         "http": HttpProtocol,
         "access_log": False,
         "log_config": None,
+        # Pigeon reads neither the client's address nor the request's scheme (its own URLs come
+        # from PIGEON_PUBLIC_URL), so uvicorn's X-Forwarded-* rewriting is skipped; and responses
+        # do not name the server software.
+        "proxy_headers": False,
+        "server_header": False,
         "timeout_graceful_shutdown": 30,
         # Longer than the idle timeout of clients and proxies: closing first makes them race.
         "timeout_keep_alive": 75,

@@ -46,7 +46,7 @@ _ROUTE = re.compile(
 _DECODERS: dict[tuple[str, str], msgspec.json.Decoder[Any]] = {
     (kind, channel): msgspec.json.Decoder(body) for (kind, channel), body in SEND_BODIES.items()
 }
-_READ = frozenset((b"x-api-key", b"authorization", b"idempotency-key"))
+_READ = {name.encode(): name for name in ("x-api-key", "authorization", "idempotency-key")}
 _JSON = (b"content-type", b"application/json")
 _REPLAYED = (b"idempotent-replayed", b"true")
 
@@ -95,10 +95,11 @@ class SendFastPath:
     async def _prepare(self, scope: Scope, match: re.Match[str], body: bytes) -> Any:
         """The request as a SendRequest, or None when Litestar should answer it."""
         headers: dict[str, str] = {}
-        for name, value in scope["headers"]:
+        for raw, value in scope["headers"]:
             # The headers the route reads; the first of a repeated one, as Litestar's get().
-            if name in _READ and name.decode() not in headers:
-                headers[name.decode()] = value.decode("latin-1")
+            name = _READ.get(raw)
+            if name is not None and name not in headers:
+                headers[name] = value.decode("latin-1")
         key = api_key_from(headers)
         if not key:
             return None

@@ -63,6 +63,7 @@ from pigeon.messages.rules import (
 )
 from pigeon.messages.schemas import AcceptedMessage, Channel, SendResponse
 from pigeon.messages.sqlite_batch import (
+    ACCEPTED_STATUS_CODE,
     MAX_ROWS,
     NEW_MESSAGE_STATE,
     REPLAYED,
@@ -293,13 +294,13 @@ def _rows(
                     "path": path,
                     "key": key,
                     "fingerprint": item.fingerprint,
-                    "status_code": 200,
+                    "status_code": ACCEPTED_STATUS_CODE,
                     "response_body": body.decode(),
                     "created_at": now,
                     "expires_at": expires,
                 }
             )
-        results.append(StoredResponse(200, body, replayed=False))
+        results.append(StoredResponse(ACCEPTED_STATUS_CODE, body, replayed=False))
     return results, writes
 
 

@@ -48,8 +48,11 @@ MESSAGE_COLUMNS = (
     "content",
     "created_at",
 )
+# What an accepted send answers, and so its idempotency record's status_code (a refused send
+# is not stored).
+ACCEPTED_STATUS_CODE = 200
 # An idempotency record's columns that a row binds: its account_id and created_at are the
-# message's, and its status_code is 200 (a refused send is not stored).
+# message's, and its status_code is ACCEPTED_STATUS_CODE.
 RECORD_COLUMNS = ("scope", "method", "path", "key", "fingerprint", "response_body", "expires_at")
 COLUMNS = MESSAGE_COLUMNS + RECORD_COLUMNS
 
@@ -70,7 +73,7 @@ def _setup_sql() -> str:
         "NEW.created_at, NEW.created_at",
     )
     record = ("scope", "account_id", *RECORD_COLUMNS[1:], "status_code", "created_at")
-    record_values = f"{quoted(record[:-2], 'NEW.')}, 200, NEW.created_at"
+    record_values = f"{quoted(record[:-2], 'NEW.')}, {ACCEPTED_STATUS_CODE}, NEW.created_at"
     replace = ", ".join(f'"{c}" = excluded."{c}"' for c in record if c != "scope")
     # Names and numbers come from our own definitions, never from input.
     return f"""

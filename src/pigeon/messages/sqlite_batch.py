@@ -98,6 +98,7 @@ _record_values = itemgetter(*RECORD_COLUMNS)
 _NO_RECORD = (None,) * len(RECORD_COLUMNS)
 _CONTENT = MESSAGE_COLUMNS.index("content")
 _CREATED_AT = MESSAGE_COLUMNS.index("created_at")
+assert RECORD_COLUMNS[-1] == "expires_at"  # `batch_statement` converts a record's last value
 
 
 @functools.lru_cache(maxsize=256)
@@ -125,5 +126,5 @@ def batch_statement(
             parameters += _NO_RECORD
         else:
             parameters += _record_values(record)
-            parameters[-1] = sqlite_datetime(parameters[-1])  # expires_at
+            parameters[-1] = sqlite_datetime(parameters[-1])  # its expires_at
     return _insert_sql(len(new_messages)), parameters

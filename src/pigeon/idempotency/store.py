@@ -9,7 +9,7 @@ replays the winner's answer instead.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -36,6 +36,17 @@ class StoredResponse:
 
 class KeyInUse(Exception):
     """A batch planned without reading its idempotency records holds a key with a live one."""
+
+
+def replace_expired(columns: Sequence[str]) -> str:
+    """The ON CONFLICT clause of an insert into idempotency_keys (SQLite and PostgreSQL alike):
+    a key's expired record is replaced by the new one, a live one is left as it is (the insert
+    then changes no row)."""
+    assignments = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c != "scope")
+    return (
+        f"ON CONFLICT (scope) DO UPDATE SET {assignments}"
+        " WHERE idempotency_keys.expires_at <= excluded.created_at"
+    )
 
 
 def fingerprint(body: bytes) -> str:

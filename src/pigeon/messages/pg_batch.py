@@ -22,19 +22,17 @@ from sqlalchemy import Connection
 
 from pigeon.db.bulk import pg_recordset, pg_rows, quoted
 from pigeon.db.tables import idempotency_keys, messages
-from pigeon.idempotency.store import KeyInUse
+from pigeon.idempotency.store import KeyInUse, replace_expired
 
 
 @cache
 def _statement(message_columns: tuple[str, ...], record_columns: tuple[str, ...]) -> str:
-    replace = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in record_columns if c != "scope")
     # Names come from our own table definitions, never from input; the rows are bound.
     return f"""
 WITH k AS (
   INSERT INTO idempotency_keys ({quoted(record_columns)})
   SELECT {quoted(record_columns)} FROM {pg_recordset(idempotency_keys, record_columns, 2)}
-  ON CONFLICT (scope) DO UPDATE SET {replace}
-    WHERE idempotency_keys.expires_at <= EXCLUDED.created_at
+  {replace_expired(record_columns)}
   RETURNING 1
 ), m AS (
   INSERT INTO messages ({quoted(message_columns)})

@@ -24,6 +24,7 @@ from operator import itemgetter
 from typing import Any
 
 from pigeon.db.bulk import SQLITE_MAX_PARAMETERS, json_text, quoted, sqlite_datetime
+from pigeon.idempotency.store import replace_expired
 from pigeon.messages import status
 
 # What every new message starts with (`accept._message_row` sets the same for PostgreSQL):
@@ -74,7 +75,6 @@ def _setup_sql() -> str:
     )
     record = ("scope", "account_id", *RECORD_COLUMNS[1:], "status_code", "created_at")
     record_values = f"{quoted(record[:-2], 'NEW.')}, {ACCEPTED_STATUS_CODE}, NEW.created_at"
-    replace = ", ".join(f'"{c}" = excluded."{c}"' for c in record if c != "scope")
     # Names and numbers come from our own definitions, never from input.
     return f"""
 CREATE TEMP VIEW IF NOT EXISTS accept_rows ({quoted(COLUMNS)}) AS SELECT {nulls};
@@ -84,8 +84,7 @@ CREATE TEMP TRIGGER IF NOT EXISTS accept_rows_insert INSTEAD OF INSERT ON accept
     VALUES (NEW.id, {state["status_id"]}, 'api', NEW.created_at);
   INSERT INTO idempotency_keys ({quoted(record)})
     SELECT {record_values} WHERE NEW.scope IS NOT NULL
-    ON CONFLICT (scope) DO UPDATE SET {replace}
-      WHERE idempotency_keys.expires_at <= excluded.created_at;
+    {replace_expired(record)};
   SELECT RAISE(ABORT, '{REPLAYED}') WHERE NEW.scope IS NOT NULL AND changes() = 0;
 END;
 """  # noqa: S608

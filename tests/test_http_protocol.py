@@ -66,7 +66,9 @@ def test_close_sends_what_was_written_first_and_abort_drops_it() -> None:
         closing, aborting = RecordingTransport(), RecordingTransport()
         joined = _JoinedWrites(closing, loop)  # type: ignore[arg-type]
         joined.write(b"last words")
+        assert not joined.is_closing()
         joined.close()
+        assert joined.is_closing()  # uvicorn asks before it writes or arms a timer
         dropped = _JoinedWrites(aborting, loop)  # type: ignore[arg-type]
         dropped.write(b"never")
         dropped.abort()

@@ -39,6 +39,11 @@ class _JoinedWrites:
         if not self._transport.is_closing():
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
+    # uvicorn asks after every response: a method of its own, not a trip through
+    # `__getattr__` (which runs only after the normal lookup has failed with AttributeError).
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
 

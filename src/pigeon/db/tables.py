@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 
@@ -162,7 +163,13 @@ messages = Table(
     Column("done_at", UTCDateTime()),
     Index("ix_messages_account_id_id", "account_id", "id"),
     Index("ix_messages_status_id_next_attempt_at", "status_id", "next_attempt_at"),
-    Index("ix_messages_provider_message_id", "provider_message_id"),
+    # Only sent messages have one (delivery reports look them up): a new message adds no entry.
+    Index(
+        "ix_messages_provider_message_id",
+        "provider_message_id",
+        sqlite_where=text("provider_message_id IS NOT NULL"),
+        postgresql_where=text("provider_message_id IS NOT NULL"),
+    ),
 )
 
 message_events = Table(

@@ -537,6 +537,35 @@ def test_duplicate_late_and_unknown_reports_never_move_a_final_status(
     assert after["doneAt"] == delivered["doneAt"]
 
 
+def test_a_tenants_webhook_cannot_report_on_messages_it_did_not_send(
+    demo: httpx.Client, platform: FakeInfobip, demo_extension: dict[str, Any]
+) -> None:
+    # A platform message (sent through the operator's account), reported on the URL of the
+    # demo tenant's own Infobip account: not the tenant's to report on.
+    message_id = send(demo, "/v1/apps/message/sms", sms_to(unique_phone()))
+    assert wait_for_final(demo, message_id, timeout=15)["status"]["groupName"] == "DELIVERED"
+    platform_url, report = posted_report(platform, message_id)
+    delivered = message(demo, message_id)
+    rejected = {
+        **report,
+        "status": {
+            "groupId": 5,
+            "groupName": "REJECTED",
+            "id": 6,
+            "name": "REJECTED_NETWORK",
+            "description": "Network is forbidden",
+        },
+    }
+
+    tenant_url = demo_extension["webhooks"]["deliveryReports"]
+    answer = demo.post(tenant_url, json={"results": [rejected]})
+
+    assert tenant_url != platform_url
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"received": 1, "applied": 0, "unknown": 1}
+    assert message(demo, message_id)["history"] == delivered["history"]
+
+
 def test_a_report_that_overtakes_infobips_answer_still_delivers(
     demo: httpx.Client, platform: FakeInfobip
 ) -> None:

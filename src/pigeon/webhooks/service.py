@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -103,20 +103,35 @@ def _reported_status(report: Any) -> Status:
     return known
 
 
+def report_lookup(reported: set[str]) -> Select[Any]:
+    """The messages a set of reported ids can name: by our id or by the provider's.
+
+    The owner is checked on the rows (`_owned_by`), not in the WHERE clause: given a tenant's
+    account_id there, SQLite (which keeps no statistics) walks that tenant's whole index of
+    messages instead of looking the few reported ids up.
+    """
+    return select(
+        messages.c.id, messages.c.provider_message_id, messages.c.account_id, messages.c.route
+    ).where(or_(messages.c.id.in_(reported), messages.c.provider_message_id.in_(reported)))
+
+
+def _owned_by(row: Any, owner: str) -> bool:
+    """Whether a message is one the report's sender may report on: the platform's own sends,
+    or the tenant's sends through its Infobip account."""
+    if owner == whatsapp.PLATFORM:
+        return bool(row.route == "platform")
+    return bool(row.account_id == owner and row.route == "tenant")
+
+
 async def apply_reports(
     *, conn: AsyncConnection, owner: str, payload: DeliveryReports, raw: list[dict[str, Any]]
 ) -> WebhookAnswer:
     """Apply delivery reports idempotently; ids we do not know are logged, not errors."""
     reported = {item.messageId for item in payload.results}
-    query = select(messages.c.id, messages.c.provider_message_id).where(
-        or_(messages.c.id.in_(reported), messages.c.provider_message_id.in_(reported))
-    )
-    if owner == whatsapp.PLATFORM:
-        query = query.where(messages.c.route == "platform")
-    else:
-        query = query.where(messages.c.account_id == owner, messages.c.route == "tenant")
     ours: dict[str, str] = {}
-    for row in await conn.execute(query):
+    for row in await conn.execute(report_lookup(reported)):
+        if not _owned_by(row, owner):
+            continue
         ours[row.id] = row.id
         if row.provider_message_id:
             ours.setdefault(row.provider_message_id, row.id)

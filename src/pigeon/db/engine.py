@@ -23,10 +23,12 @@ POSTGRESQL_SETTINGS = {"plan_cache_mode": "force_custom_plan"}  # PostgreSQL 12 
 # holds this many pages, in the commit that crossed the mark. Every checkpoint copies each page
 # changed since the last one: the accept path's hot pages (index tails, page 1) are copied
 # once per checkpoint, however many commits changed them. SQLite's default, 1,000 pages, meant
-# one every 20 or so accept batches. In paired runs of the SQLite ingest bench (5 rounds each),
-# 2,500 gave +10% req/s and 3,000 +2% to +11%; p99 rose from 15 to 20-22 ms (a longer
-# checkpoint holds up the commits behind it), and 4,000 took it to 24-26 ms, near the 25 ms goal.
-WAL_AUTOCHECKPOINT_PAGES = 2500
+# one every 20 or so accept batches. Fewer, longer checkpoints trade tail latency for
+# throughput: a checkpoint holds up the commits behind it. In paired 10 s runs of the SQLite
+# ingest (5 rounds each), 2,500 and 3,000 gave +2% to +11% req/s and a p99 of 20-23 ms against
+# 15; in `bench/run.py`'s 15 s runs 2,500 reached a p99 of 28 ms, over the 25 ms goal, and
+# 2,000 stayed at 19-23 ms (4 runs, 30-38% of the limit).
+WAL_AUTOCHECKPOINT_PAGES = 2000
 
 
 def async_url(url: str) -> str:

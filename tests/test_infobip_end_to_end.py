@@ -485,6 +485,16 @@ def test_whatsapp_400_for_a_person_ends_rejected_with_infobips_text(
 # --- 5. delivery reports -------------------------------------------------------------------
 
 
+# A final status Infobip may report late, after a message was already delivered.
+REJECTED_NETWORK = {
+    "groupId": 5,
+    "groupName": "REJECTED",
+    "id": 6,
+    "name": "REJECTED_NETWORK",
+    "description": "Network is forbidden",
+}
+
+
 def test_duplicate_late_and_unknown_reports_never_move_a_final_status(
     demo: httpx.Client, platform: FakeInfobip
 ) -> None:
@@ -496,16 +506,7 @@ def test_duplicate_late_and_unknown_reports_never_move_a_final_status(
     duplicate = demo.post(url, json={"results": [report]})
     late = {
         "results": [
-            {
-                **report,
-                "status": {
-                    "groupId": 5,
-                    "groupName": "REJECTED",
-                    "id": 6,
-                    "name": "REJECTED_NETWORK",
-                    "description": "Network is forbidden",
-                },
-            },
+            {**report, "status": REJECTED_NETWORK},
             {
                 **report,
                 "status": {
@@ -546,16 +547,7 @@ def test_a_tenants_webhook_cannot_report_on_messages_it_did_not_send(
     assert wait_for_final(demo, message_id, timeout=15)["status"]["groupName"] == "DELIVERED"
     platform_url, report = posted_report(platform, message_id)
     delivered = message(demo, message_id)
-    rejected = {
-        **report,
-        "status": {
-            "groupId": 5,
-            "groupName": "REJECTED",
-            "id": 6,
-            "name": "REJECTED_NETWORK",
-            "description": "Network is forbidden",
-        },
-    }
+    rejected = {**report, "status": REJECTED_NETWORK}
 
     tenant_url = demo_extension["webhooks"]["deliveryReports"]
     answer = demo.post(tenant_url, json={"results": [rejected]})

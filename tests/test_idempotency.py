@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
+from pathlib import Path
 
 import httpx
 
-from tests.conftest import Server
-from tests.databases import execute
+from pigeon.config import Settings
+from pigeon.db.migrate import upgrade
+from pigeon.demo import DEMO_ACCOUNT_ID, DEMO_API_KEY, DEMO_OBJECT_ID
+from pigeon.idempotency.store import fingerprint
+from tests.conftest import DATABASES, Server, make_server
+from tests.databases import execute, scalar
 from tests.factories import create_tenant, make_user
 
 
@@ -199,3 +205,45 @@ def test_patch_is_idempotent_too(api: httpx.Client) -> None:
     assert replay.headers["idempotent-replayed"] == "true"
     assert replay.json() == first.json()
     assert api.get(f"/v1/users/{user['id']}").json()["data"] == {"n": 2}
+
+
+def test_a_request_accepted_before_the_binary_scope_upgrade_is_replayed_after_it(
+    tmp_path: Path,
+) -> None:
+    # Until migration 0004 a record's scope was the SHA-256 of (account, method, path, key)
+    # as 64 hex characters; now it is the digest's first 16 bytes. A request accepted just
+    # before the upgrade and retried just after must replay, not send again.
+    settings = Settings(database_url=DATABASES.new_url(tmp_path))
+    upgrade(settings, "0003")
+    path = f"/v1/users/{DEMO_OBJECT_ID}/message/sms"
+    body = b'{"content": {"text": "before the upgrade"}}'
+    key = "accepted-before-0004"
+    old_scope = hashlib.sha256("\x1f".join((DEMO_ACCOUNT_ID, "POST", path, key)).encode())
+    answer = '{"messages":[{"messageId":"accepted-by-the-older-version"}]}'
+    far = "2999-01-01 00:00:00" + ("+00" if DATABASES.engine == "postgresql" else ".000000")
+    execute(
+        settings.database_url,
+        "INSERT INTO idempotency_keys (scope, account_id, method, path, key, fingerprint,"
+        " status_code, response_body, created_at, expires_at) VALUES"
+        f" ('{old_scope.hexdigest()}', '{DEMO_ACCOUNT_ID}', 'POST', '{path}', '{key}',"
+        f" '{fingerprint(body)}', 200, '{answer}', '{far}', '{far}')",
+    )
+
+    server = make_server(tmp_path, PIGEON_DATABASE_URL=settings.database_url)
+    server.start()  # upgrades to the latest revision first
+    try:
+        with server.client(DEMO_API_KEY) as client:
+            retried = client.post(
+                path,
+                content=body,
+                headers={"idempotency-key": key, "content-type": "application/json"},
+            )
+            sent = client.get("/v1/messages", params={"recipient": DEMO_OBJECT_ID}).json()
+    finally:
+        server.stop()
+    assert retried.status_code == 200
+    assert retried.headers["idempotent-replayed"] == "true"
+    assert retried.text == answer
+    assert sent["items"] == []
+    stored = scalar(settings.database_url, "SELECT scope FROM idempotency_keys")
+    assert bytes(stored) == old_scope.digest()[:16]

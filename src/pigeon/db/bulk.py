@@ -18,7 +18,7 @@ from operator import itemgetter
 from typing import Any
 
 import msgspec
-from sqlalchemy import JSON, Connection, Table
+from sqlalchemy import JSON, Connection, LargeBinary, Table
 from sqlalchemy.dialects import postgresql
 
 from pigeon.db.tables import UTCDateTime
@@ -58,10 +58,33 @@ def quoted(names: Sequence[str], prefix: str = "") -> str:
     return ", ".join(f'{prefix}"{name}"' for name in names)
 
 
+def _is_binary(table: Table, column: str) -> bool:
+    return isinstance(table.c[column].type, LargeBinary)
+
+
 def pg_recordset(table: Table, columns: Sequence[str], parameter: int = 1) -> str:
-    """`json_to_recordset($1::json) AS v(column TYPE, ...)`: the rows of one JSON parameter."""
-    types = ", ".join(f'"{c}" {table.c[c].type.compile(dialect=_PG_DIALECT)}' for c in columns)
+    """`json_to_recordset($1::json) AS v(column TYPE, ...)`: the rows of one JSON parameter.
+
+    Bytes travel in JSON as base64 text (msgspec's encoding): a binary column is read as text
+    here and decoded by `pg_values`.
+    """
+    types = ", ".join(
+        f'"{c}" {"text" if _is_binary(table, c) else table.c[c].type.compile(dialect=_PG_DIALECT)}'
+        for c in columns
+    )
     return f"json_to_recordset(${parameter}::json) AS v({types})"
+
+
+def pg_value(table: Table, column: str) -> str:
+    """A column of `pg_recordset`'s rows, as its table's type (`v."c"`, bytes decoded)."""
+    if _is_binary(table, column):
+        return f"decode(v.\"{column}\", 'base64')"
+    return f'v."{column}"'
+
+
+def pg_values(table: Table, columns: Sequence[str]) -> str:
+    """The columns of `pg_recordset`'s rows, in order, for a SELECT list."""
+    return ", ".join(pg_value(table, c) for c in columns)
 
 
 @cache
@@ -85,17 +108,17 @@ def _sqlite_update(
 @cache
 def _pg_insert(table: Table, columns: tuple[str, ...]) -> str:
     source = pg_recordset(table, columns)
-    names = quoted(columns)
-    return f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM {source}'  # noqa: S608
+    values = pg_values(table, columns)
+    return f'INSERT INTO "{table.name}" ({quoted(columns)}) SELECT {values} FROM {source}'  # noqa: S608
 
 
 @cache
 def _pg_update(table: Table, columns: tuple[str, ...], key: str) -> str:
-    assignments = ", ".join(f'"{c}" = v."{c}"' for c in columns if c != key)
+    assignments = ", ".join(f'"{c}" = {pg_value(table, c)}' for c in columns if c != key)
     source = pg_recordset(table, columns)
     return (
         f'UPDATE "{table.name}" AS t SET {assignments} '  # noqa: S608
-        f'FROM {source} WHERE t."{key}" = v."{key}"'
+        f'FROM {source} WHERE t."{key}" = {pg_value(table, key)}'
     )
 
 

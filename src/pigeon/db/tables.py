@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -215,8 +216,8 @@ idempotency_keys = Table(
     "idempotency_keys",
     metadata,
     # A hash of (account, method, path, key): one short primary key that every engine can
-    # look many up by at once (row-value IN lists are not indexed by SQLite).
-    Column("scope", String(64), primary_key=True),
+    # look many up by at once (row-value IN lists are not indexed by SQLite). `scope_id`.
+    Column("scope", LargeBinary(16), primary_key=True),
     Column("account_id", String(24), nullable=False),
     Column("method", String(8), nullable=False),
     Column("path", String(500), nullable=False),

@@ -99,7 +99,7 @@ class SendRequest:
     channel: Channel
     content: dict[str, Any]
     scope: Scope | None = None
-    scope_id: str | None = None
+    scope_id: bytes | None = None
     fingerprint: str | None = None
     future: asyncio.Future[Outcome] | None = field(default=None, repr=False)
 
@@ -126,7 +126,7 @@ class _Batch:
         self.identities = _by_key(conn, identities, "id", _ids(items, "person"))
         accounts = sorted({i.account_id for i in items if i.recipient_type == "person"})
         self.extensions = _by_key(conn, infobip_extensions, "account_id", accounts)
-        self.records: dict[str, Any] = {}  # live ones: an expired record is replaced
+        self.records: dict[bytes, Any] = {}  # live ones: an expired record is replaced
         scopes = [i.scope_id for i in items if i.scope_id] if read_keys else []
         for record in rows_by_key(conn, idempotency_keys, "scope", scopes, _RECORD):
             if record.expires_at > now:

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from pigeon.db.bulk import pg_recordset, pg_rows, quoted
+from pigeon.db.bulk import pg_recordset, pg_rows, pg_values, quoted
 from pigeon.db.tables import idempotency_keys, messages
 from pigeon.idempotency.store import KeyInUse, replace_expired
 
@@ -31,12 +31,13 @@ def _statement(message_columns: tuple[str, ...], record_columns: tuple[str, ...]
     return f"""
 WITH k AS (
   INSERT INTO idempotency_keys ({quoted(record_columns)})
-  SELECT {quoted(record_columns)} FROM {pg_recordset(idempotency_keys, record_columns, 2)}
+  SELECT {pg_values(idempotency_keys, record_columns)}
+  FROM {pg_recordset(idempotency_keys, record_columns, 2)}
   {replace_expired(record_columns)}
   RETURNING 1
 ), m AS (
   INSERT INTO messages ({quoted(message_columns)})
-  SELECT {quoted(message_columns)} FROM {pg_recordset(messages, message_columns, 1)}
+  SELECT {pg_values(messages, message_columns)} FROM {pg_recordset(messages, message_columns, 1)}
   RETURNING id, status_id, created_at
 ), e AS (
   INSERT INTO message_events (message_id, status_id, source, at)

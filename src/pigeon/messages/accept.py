@@ -111,8 +111,17 @@ def _ids(items: Sequence[SendRequest], kind: str) -> list[str]:
     return sorted({i.recipient for i in items if i.recipient_type == kind})
 
 
-def _by_key(conn: Connection, table: Any, key: str, values: list[str]) -> dict[str, Any]:
-    return {getattr(row, key): row for row in rows_by_key(conn, table, key, values)}
+def _by_key(
+    conn: Connection, table: Any, key: str, values: list[str], columns: tuple[str, ...]
+) -> dict[str, Any]:
+    return {getattr(row, key): row for row in rows_by_key(conn, table, key, values, columns)}
+
+
+# The columns the rules read (`rules.user_destination`, `rules.person_destination`): the
+# others (JSON documents, timestamps) would be decoded for nothing.
+_USER = ("id", "account_id", "active", "channel_sms", "channel_whatsapp", "channel_email")
+_IDENTITY = ("id", "account_id", "type", "person")
+_EXTENSION = ("account_id", "sms_sender", "whatsapp_sender", "email_sender")
 
 
 class _Batch:
@@ -122,10 +131,10 @@ class _Batch:
         self, conn: Connection, items: Sequence[SendRequest], now: datetime, read_keys: bool
     ) -> None:
         self.conn = conn
-        self.users = _by_key(conn, users, "id", _ids(items, "user"))
-        self.identities = _by_key(conn, identities, "id", _ids(items, "person"))
+        self.users = _by_key(conn, users, "id", _ids(items, "user"), _USER)
+        self.identities = _by_key(conn, identities, "id", _ids(items, "person"), _IDENTITY)
         accounts = sorted({i.account_id for i in items if i.recipient_type == "person"})
-        self.extensions = _by_key(conn, infobip_extensions, "account_id", accounts)
+        self.extensions = _by_key(conn, infobip_extensions, "account_id", accounts, _EXTENSION)
         self.records: dict[bytes, Any] = {}  # live ones: an expired record is replaced
         scopes = [i.scope_id for i in items if i.scope_id] if read_keys else []
         for record in rows_by_key(conn, idempotency_keys, "scope", scopes, _RECORD):

@@ -2,8 +2,7 @@
 
 Everything runs on 127.0.0.1, bounded in time, and stops by itself:
 1. limit     a bare ASGI app on the same server stack (uvicorn, uvloop, httptools), no database;
-             measured again right before the PostgreSQL ingest, each ingest's ratio is to the
-             limit measured just before it
+             measured with each ingest, in alternating slices (see `paired`)
 2. ingest    Pigeon on SQLite (sandbox, demo tenant), POST /v1/users/{id}/message/sms
 3. ingest    Pigeon on PostgreSQL with `pigeon serve --workers 2`
 4. dispatch  a backlog of SMS from accepted to acknowledged by a fake Infobip, through the worker
@@ -19,10 +18,13 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,8 @@ sys.path.insert(0, str(ROOT))  # the fake Infobip and the PostgreSQL helper live
 
 from tests.databases import PostgresCluster, _free_port, scalar  # noqa: E402
 
-SECONDS = int(os.environ.get("BENCH_SECONDS", "15"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "15"))  # per ingest, and per limit measured with it
+SLICES = int(os.environ.get("BENCH_SLICES", "5"))  # each SECONDS split into this many slices
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "50000"))
 DEMO_KEY = "AXVubzpwQDU1dzByYM=="
@@ -54,6 +57,7 @@ class Row:
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     share_of_limit: float | None = None
     notes: str = ""
+    slices: list[dict[str, Any]] = field(default_factory=list)  # wrk's summary of each
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -84,14 +88,14 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def wrk(url: str, run_id: str) -> dict[str, Any]:
+def wrk(url: str, run_id: str, seconds: float = SECONDS) -> dict[str, Any]:
     env = {**os.environ, "PIGEON_BENCH_KEY": DEMO_KEY, "PIGEON_BENCH_RUN": run_id}
     out = subprocess.run(
         [
             "wrk",
             "-t2",
             f"-c{CONNECTIONS}",
-            f"-d{SECONDS}s",
+            f"-d{seconds:g}s",
             "--timeout",
             "10s",
             "-s",
@@ -101,22 +105,30 @@ def wrk(url: str, run_id: str) -> dict[str, Any]:
         capture_output=True,
         text=True,
         env=env,
-        timeout=SECONDS + 60,
+        timeout=seconds + 60,
         check=True,
     ).stdout
     summary: dict[str, Any] = json.loads(out.split("JSON ", 1)[1].splitlines()[0])
     return summary
 
 
-def row_from(name: str, summary: dict[str, Any], rss: dict[str, float]) -> Row:
-    seconds = summary["duration_us"] / 1e6
+def row_from(name: str, slices: list[dict[str, Any]], rss: dict[str, float]) -> Row:
+    """One row from one or more wrk runs against the same server.
+
+    Requests/s: all requests over all the runs' time. p99: the highest run's, which bounds
+    the p99 of all the requests together (at most 1% of each run's are slower). p50: the
+    median of the runs' p50 (wrk reports percentiles, not the latencies to merge).
+    """
+    requests = sum(s["requests"] for s in slices)
+    seconds = sum(s["duration_us"] for s in slices) / 1e6
     return Row(
         name=name,
-        requests_per_s=round(summary["requests"] / seconds, 1),
-        p50_ms=round(summary["p50_us"] / 1000, 2),
-        p99_ms=round(summary["p99_us"] / 1000, 2),
-        errors=summary["non2xx"] + summary["socket_errors"],
+        requests_per_s=round(requests / seconds, 1),
+        p50_ms=round(statistics.median(s["p50_us"] for s in slices) / 1000, 2),
+        p99_ms=round(max(s["p99_us"] for s in slices) / 1000, 2),
+        errors=sum(s["non2xx"] + s["socket_errors"] for s in slices),
         peak_rss_mb=rss,
+        slices=slices if len(slices) > 1 else [],
     )
 
 
@@ -133,7 +145,9 @@ def count(database_url: str, sql: str) -> int:
     return int(scalar(database_url, sql))
 
 
-def bench_limit(name: str = "limit: bare ASGI, 1 process") -> Row:
+@contextmanager
+def limit_app() -> Iterator[tuple[str, int]]:
+    """The bare ASGI app on uvicorn: its URL and process id."""
     port = _free_port()
     server = subprocess.Popen(
         [
@@ -157,10 +171,15 @@ def bench_limit(name: str = "limit: bare ASGI, 1 process") -> Row:
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/")
-        summary = wrk(f"http://127.0.0.1:{port}", "limit")
-        return row_from(name, summary, {"server": peak_rss_mb(server.pid)})
+        yield f"http://127.0.0.1:{port}", server.pid
     finally:
         stop(server)
+
+
+def bench_limit(name: str = "limit: bare ASGI, 1 process") -> Row:
+    with limit_app() as (url, pid):
+        summary = wrk(url, "limit")
+        return row_from(name, [summary], {"server": peak_rss_mb(pid)})
 
 
 def pigeon_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
@@ -175,36 +194,59 @@ def pigeon_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def bench_ingest(name: str, database_url: str, *args: str) -> Row:
+@contextmanager
+def pigeon_api(database_url: str, *args: str) -> Iterator[tuple[str, list[int]]]:
+    """`pigeon serve` without its worker: its URL and process ids (uvicorn's workers too)."""
     port = _free_port()
-    env = pigeon_env(database_url, port)
     server = subprocess.Popen(
         [PYTHON, "-m", "pigeon", "serve", "--no-worker", *args],
-        env=env,
+        env=pigeon_env(database_url, port),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    run_id = f"bench{int(time.time())}"
     try:
         wait_http(f"http://127.0.0.1:{port}/health")
         time.sleep(1)
-        pids = family(server.pid)
-        summary = wrk(f"http://127.0.0.1:{port}", run_id)
-        rss = {f"api{i}" if i else "api": peak_rss_mb(p) for i, p in enumerate(pids)}
+        yield f"http://127.0.0.1:{port}", family(server.pid)
     finally:
         stop(server)
-    row = row_from(name, summary, rss)
+
+
+def paired(name: str, limit_name: str, database_url: str, *args: str) -> list[Row]:
+    """An ingest and the limit it is a share of, measured in alternating slices.
+
+    This machine's speed drifts by 10-20% within tens of seconds. Measured one after the
+    other, a limit and an ingest of 15 s each saw different machines, and their ratio moved
+    by as much. So both servers are up at once, each idle while the other is measured, and
+    wrk alternates between them: SLICES slices of SECONDS / SLICES seconds each, limit
+    first. Each figure is over all its slices.
+    """
+    run_id = f"bench{int(time.time())}"
+    seconds = SECONDS / SLICES
+    limit_slices: list[dict[str, Any]] = []
+    ingest_slices: list[dict[str, Any]] = []
+    with pigeon_api(database_url, *args) as (url, pids), limit_app() as (limit_url, limit_pid):
+        for n in range(SLICES):
+            # The disk written out before each slice: the kernel's writeback of what the
+            # ingest wrote is not done during the limit's slice (nor the next ingest's).
+            os.sync()
+            limit_slices.append(wrk(limit_url, "limit", seconds))
+            os.sync()
+            ingest_slices.append(wrk(url, f"{run_id}s{n}", seconds))
+        rss = {f"api{i}" if i else "api": peak_rss_mb(p) for i, p in enumerate(pids)}
+        limit = row_from(limit_name, limit_slices, {"server": peak_rss_mb(limit_pid)})
+    row = row_from(name, ingest_slices, rss)
     stored = count(
-        database_url, f"SELECT count(*) FROM idempotency_keys WHERE key LIKE '{run_id}-%'"
+        database_url, f"SELECT count(*) FROM idempotency_keys WHERE key LIKE '{run_id}s%'"
     )
-    accepted = summary["requests"] - summary["non2xx"]
+    accepted = sum(s["requests"] - s["non2xx"] for s in ingest_slices)
     # wrk counts answers it read; a request in flight when it stopped may be stored unanswered.
     lost = max(accepted - stored, 0)
     row.notes = f"accepted {accepted}, stored {stored}, lost {lost}"
     if lost:
         row.errors += lost
-    return row
+    return [limit, row]
 
 
 def make_backlog(database_url: str, total: int) -> None:
@@ -388,27 +430,30 @@ def main() -> int:
         print("wrk is not installed: make bench installs it (apt-get install wrk)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="pigeon-bench-"))
-    # Each ingest row is a share of the limit measured just before it: this machine's speed
-    # drifts within minutes, and a limit measured minutes earlier would skew the ratio.
-    rows: list[Row] = [bench_limit()]
+    # Each ingest row is a share of the limit row above it, measured with it (`paired`).
+    rows: list[Row] = []
     if "sqlite" in only:
         sqlite_url = f"sqlite:///{work / 'ingest.db'}"
         settle_disk()
-        rows.append(bench_ingest("ingest: SQLite, 1 process", sqlite_url))
+        rows += paired("ingest: SQLite, 1 process", "limit: bare ASGI, 1 process", sqlite_url)
         for path in work.glob("ingest.db*"):
             path.unlink()
+    if "sqlite" not in only and "postgresql" not in only:
+        rows.append(bench_limit())
     cluster = PostgresCluster() if only & {"postgresql", "dispatch"} else None
     if cluster is not None:
         cluster.start()
     try:
         if cluster is not None and "postgresql" in only:
             settle_disk()
-            if "sqlite" in only:
-                rows.append(bench_limit("limit: again, before PostgreSQL"))
-            rows.append(
-                bench_ingest(
-                    "ingest: PostgreSQL, --workers 2", cluster.new_database(), "--workers", "2"
-                )
+            rows += paired(
+                "ingest: PostgreSQL, --workers 2",
+                "limit: again, with PostgreSQL"
+                if "sqlite" in only
+                else "limit: bare ASGI, 1 process",
+                cluster.new_database(),
+                "--workers",
+                "2",
             )
         if cluster is not None and "dispatch" in only:
             settle_disk()
@@ -436,6 +481,7 @@ def main() -> int:
             {
                 "when": stamp,
                 "seconds": SECONDS,
+                "slices": SLICES,
                 "connections": CONNECTIONS,
                 "rows": [asdict(r) for r in rows],
             },

@@ -19,10 +19,15 @@ MIGRATION_LOCK_ID = 7_406_119_001
 
 
 def _run(connection: Connection) -> None:
+    # Every migration runs in the one transaction begun here, which `_run_async` commits:
+    # begun before `configure`, alembic commits none itself. (Left to begin it, alembic would
+    # commit after each migration on SQLite, where it assumes DDL is not transactional; a
+    # concurrent upgrade could then take the lock in between and run the next migration too.)
     if connection.dialect.name == "postgresql":
         # Concurrent upgrades queue here; each then reads the version the previous one left.
         connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
-    # On SQLite the first statement takes the write lock (BEGIN IMMEDIATE): the same effect.
+    else:
+        connection.begin()  # SQLite: BEGIN IMMEDIATE, its write lock: the same effect
     context.configure(
         connection=connection,
         target_metadata=metadata,

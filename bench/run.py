@@ -440,7 +440,7 @@ def main() -> int:
             path.unlink()
     if "sqlite" not in only and "postgresql" not in only:
         rows.append(bench_limit())
-    cluster = PostgresCluster() if only & {"postgresql", "dispatch"} else None
+    cluster = PostgresCluster(durable=True) if only & {"postgresql", "dispatch"} else None
     if cluster is not None:
         cluster.start()
     try:

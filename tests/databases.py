@@ -38,7 +38,10 @@ def _pg_bin(name: str) -> str:
 class PostgresCluster:
     """A private PostgreSQL server on 127.0.0.1, owned by the test session."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        # Tests run without fsync (nothing they check needs the disk); `make bench` measures
+        # the durable server a deployment runs (PostgreSQL's defaults: fsync, full pages).
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="pigeon-pg-"))
         self.port = _free_port()
         self._names = itertools.count(1)
@@ -69,9 +72,11 @@ class PostgresCluster:
             "UTF8",
         )
         options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB"
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            "-c max_connections=300 -c shared_buffers=128MB"
         )
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off"
         self._run(
             _pg_bin("pg_ctl"),
             "-D",

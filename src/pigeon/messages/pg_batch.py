@@ -24,6 +24,8 @@ from pigeon.db.bulk import pg_recordset, pg_rows, pg_values, quoted
 from pigeon.db.tables import idempotency_keys, messages
 from pigeon.idempotency.store import KeyInUse, replace_expired
 
+CACHED_PLANS = "SET LOCAL plan_cache_mode = auto"
+
 
 @cache
 def _statement(message_columns: tuple[str, ...], record_columns: tuple[str, ...]) -> str:
@@ -55,6 +57,12 @@ def run_batch(
     transaction; KeyInUse if one of the keys has a live record (nothing is then to be kept)."""
     if not new_messages:
         return
+    # Pigeon's connections plan every statement for its values (`db.engine`), since a plan
+    # cached while a table is new can stay a sequential scan as it grows. This one's plan
+    # depends on neither (two JSON parameters, inserts, primary-key conflicts), and planning
+    # its CTEs each time cost PostgreSQL more than executing them: let it be cached, for the
+    # rest of this transaction.
+    conn.exec_driver_sql(CACHED_PLANS)
     # In key order: two processes inserting the same keys lock them in the same order, so one
     # waits for the other instead of the two deadlocking.
     kept = sorted((r for r in records if r is not None), key=itemgetter("scope"))

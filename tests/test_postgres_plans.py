@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 
+from pigeon.clock import utcnow
+from pigeon.config import Settings
 from pigeon.db.engine import create_engine
 from tests.conftest import DATABASES
 
@@ -51,4 +54,65 @@ def test_a_read_prepared_on_an_empty_table_is_not_stuck_with_its_first_plan(
     generic, custom, mode = asyncio.run(scenario())
     assert generic == 0
     assert custom >= 11
+    assert mode == "force_custom_plan"
+
+
+def test_the_accept_batch_insert_reuses_its_plan_and_leaves_the_setting_alone(
+    tmp_path: Path,
+) -> None:
+    # The accept path's insert takes its rows as JSON parameters: its plan depends on no
+    # value, and planning it for each batch cost PostgreSQL more than running it. It is let
+    # use a cached plan for its own transaction only; reads after it are planned anew.
+    from pigeon.db.migrate import upgrade
+    from pigeon.demo import DEMO_ACCOUNT_ID, seed_demo
+    from pigeon.ids import new_message_id
+    from pigeon.messages.accept import NEW_MESSAGE_STATE
+    from pigeon.messages.pg_batch import run_batch
+
+    settings = Settings(database_url=DATABASES.new_url(tmp_path), secret_key="plans-test")
+    upgrade(settings)
+    batch_plans = (
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+        " WHERE statement LIKE '%INSERT INTO idempotency_keys%'"
+        " AND statement NOT LIKE '%pg_prepared_statements%'"
+    )
+
+    def message() -> dict[str, Any]:
+        now = utcnow()
+        return {
+            "id": new_message_id(),
+            "account_id": DEMO_ACCOUNT_ID,
+            "channel": "sms",
+            "recipient_type": "app",
+            "recipient_id": None,
+            "destination": "38598123456",
+            "route": "platform",
+            "sender": "Pigeon",
+            "content": {"text": "plans"},
+            **NEW_MESSAGE_STATE,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    async def scenario() -> tuple[int, int, str, int]:
+        engine = create_engine(settings.database_url)
+        try:
+            await seed_demo(engine, settings)
+            async with engine.connect() as conn:
+                for _ in range(10):
+                    async with conn.begin():
+                        await conn.run_sync(run_batch, [message(), message()], [None, None])
+                generic, custom = (await conn.execute(text(batch_plans))).one()
+                mode = (await conn.execute(text("SHOW plan_cache_mode"))).scalar_one()
+                stored = (await conn.execute(text("SELECT count(*) FROM messages"))).scalar_one()
+                await conn.rollback()
+            return int(generic), int(custom), str(mode), int(stored)
+        finally:
+            await engine.dispose()
+
+    generic, custom, mode, stored = asyncio.run(scenario())
+    assert stored == 20
+    assert generic >= 5  # PostgreSQL plans the first five runs for their values, then caches
+    assert custom <= 5
     assert mode == "force_custom_plan"

@@ -17,7 +17,8 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 # it. One chosen while a table is new and empty (no statistics yet) is a sequential scan, and
 # it stays cached as the table grows until autovacuum analyzes it (a minute or more later).
 # `make bench` saw one: a batch's idempotency read took 45 ms instead of 0.1 ms for a whole
-# run. Planning for the actual values costs a fraction of a millisecond per statement.
+# run. Planning for the actual values costs a fraction of a millisecond per statement. (The
+# accept batch's insert, whose plan depends on no value, is exempt: `messages.pg_batch`.)
 POSTGRESQL_SETTINGS = {"plan_cache_mode": "force_custom_plan"}  # PostgreSQL 12 or later
 # SQLite copies the write-ahead log back into the database file (a checkpoint) once the log
 # holds this many pages, in the commit that crossed the mark. Every checkpoint copies each page

@@ -1,4 +1,4 @@
-"""A batch of accepted sends as one PostgreSQL statement: one round trip per batch.
+"""A batch of accepted sends as one PostgreSQL statement (after one SET: see `run_batch`).
 
 The rows travel as two JSON parameters (the messages, and their idempotency records). One
 statement, with data-modifying CTEs:

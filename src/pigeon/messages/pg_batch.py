@@ -59,9 +59,9 @@ def run_batch(
         return
     # Pigeon's connections plan every statement for its values (`db.engine`), since a plan
     # cached while a table is new can stay a sequential scan as it grows. This one's plan
-    # depends on neither (two JSON parameters, inserts, primary-key conflicts), and planning
-    # its CTEs each time cost PostgreSQL more than executing them: let it be cached, for the
-    # rest of this transaction.
+    # depends on no value and scans no table (rows from two JSON parameters, inserts,
+    # primary-key conflicts), and planning its CTEs each time cost PostgreSQL more than
+    # executing them: let it be cached, for the rest of this transaction only.
     conn.exec_driver_sql(CACHED_PLANS)
     # In key order: two processes inserting the same keys lock them in the same order, so one
     # waits for the other instead of the two deadlocking.

@@ -66,8 +66,9 @@ def test_the_accept_batch_insert_reuses_its_plan_and_leaves_the_setting_alone(
     from pigeon.db.migrate import upgrade
     from pigeon.demo import DEMO_ACCOUNT_ID, seed_demo
     from pigeon.ids import new_message_id
-    from pigeon.messages.accept import NEW_MESSAGE_STATE
+    from pigeon.messages.accept import _message_row
     from pigeon.messages.pg_batch import run_batch
+    from pigeon.messages.rules import Draft
 
     settings = Settings(database_url=DATABASES.new_url(tmp_path), secret_key="plans-test")
     upgrade(settings)
@@ -78,22 +79,10 @@ def test_the_accept_batch_insert_reuses_its_plan_and_leaves_the_setting_alone(
     )
 
     def message() -> dict[str, Any]:
-        now = utcnow()
-        return {
-            "id": new_message_id(),
-            "account_id": DEMO_ACCOUNT_ID,
-            "channel": "sms",
-            "recipient_type": "app",
-            "recipient_id": None,
-            "destination": "38598123456",
-            "route": "platform",
-            "sender": "Pigeon",
-            "content": {"text": "plans"},
-            **NEW_MESSAGE_STATE,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-        }
+        draft = Draft(
+            DEMO_ACCOUNT_ID, "sms", "app", None, "38598123456", "platform", "Pigeon", {"text": "x"}
+        )
+        return _message_row(new_message_id(), draft, utcnow())
 
     async def scenario() -> tuple[int, int, str, int]:
         engine = create_engine(settings.database_url)

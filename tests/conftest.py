@@ -135,6 +135,9 @@ def server_env(tmp: Path, **overrides: str) -> dict[str, str]:
         PIGEON_SANDBOX_REPORT_DELAY="0.05",
         PIGEON_WORKER_POLL_INTERVAL="0.05",
         PIGEON_LOG_LEVEL="INFO",
+        # The fake Infobip listens on http://127.0.0.1: tests that check the tenant-URL guard
+        # start their server with PIGEON_ALLOW_PRIVATE_URLS="0".
+        PIGEON_ALLOW_PRIVATE_URLS="1",
     )
     env.update(overrides)
     return env

@@ -565,12 +565,14 @@ def test_parse_error_reads_the_errorcode_format() -> None:
     assert error["permanent"] is True
 
 
-def test_parse_error_keeps_a_body_it_does_not_recognise() -> None:
-    error = parse_error(None, 502, "<html>Bad Gateway</html>")
+def test_parse_error_never_repeats_a_body_it_does_not_recognise() -> None:
+    for body in (None, {"internal": "secret"}, ["a"], "<html>Bad Gateway</html>"):
+        error = parse_error(body, 502)
 
-    assert error["id"] == "BAD_GATEWAY"
-    assert error["description"] == "<html>Bad Gateway</html>"
-    assert error["permanent"] is False
+        assert error["id"] == "BAD_GATEWAY"
+        assert error["description"] == "HTTP 502 Bad Gateway, not an Infobip error answer"
+        assert "secret" not in str(error)
+        assert error["permanent"] is False
 
 
 def test_parse_retry_after_forms() -> None:

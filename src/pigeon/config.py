@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     provider: Literal["sandbox", "infobip"] = "sandbox"
     demo: bool = False
     secret_key: SecretStr | None = None
+    # Tenants' URLs (an Infobip extension's baseUrl) may be http and name private hosts.
+    allow_private_urls: bool = False
 
     infobip_base_url: str = ""
     infobip_api_key: SecretStr = SecretStr("")

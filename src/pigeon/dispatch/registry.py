@@ -13,12 +13,14 @@ from pigeon.db.tables import accounts, infobip_extensions
 from pigeon.extensions.crypto import decrypt_secret
 from pigeon.extensions.service import webhook_urls
 from pigeon.messages.whatsapp import PLATFORM
+from pigeon.netguard import guarded_transport
 from pigeon.providers.base import Provider
 from pigeon.providers.sandbox import SandboxProvider
 from pigeon.webhooks.service import platform_webhook_token
 
 # Infobip answers in well under a second; a slow answer must still end well inside a lease.
 HTTP_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
+HTTP_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32)
 
 
 class ProviderRegistry:
@@ -28,18 +30,27 @@ class ProviderRegistry:
         self.settings = settings
         self.sandbox = SandboxProvider(report_delay=settings.sandbox_report_delay)
         self._client: httpx.AsyncClient | None = None
+        self._tenant_client: httpx.AsyncClient | None = None
         self._platform: Provider | None = None
         self._tenants: dict[str, tuple[Any, Provider]] = {}
 
     @property
     def client(self) -> httpx.AsyncClient:
-        """The one shared HTTP client (connection pooling across all accounts)."""
+        """The HTTP client for the operator's own account (its settings are trusted)."""
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=HTTP_TIMEOUT,
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-            )
+            self._client = httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=HTTP_LIMITS)
         return self._client
+
+    @property
+    def tenant_client(self) -> httpx.AsyncClient:
+        """The HTTP client for tenants' accounts, shared by all of them: every URL and
+        connection goes through the tenant-URL guard (pigeon.netguard)."""
+        if self._tenant_client is None:
+            transport = guarded_transport(
+                allow_private=self.settings.allow_private_urls, limits=HTTP_LIMITS
+            )
+            self._tenant_client = httpx.AsyncClient(timeout=HTTP_TIMEOUT, transport=transport)
+        return self._tenant_client
 
     def polling(self) -> list[Provider]:
         """Providers that report without webhooks."""
@@ -95,11 +106,12 @@ class ProviderRegistry:
                 self.settings.base_url, account_id, row.webhook_token
             ).deliveryReports,
         )
-        provider = InfobipProvider(account, self.client)
+        provider = InfobipProvider(account, self.tenant_client)
         self._tenants[account_id] = (row.updated_at, provider)
         return provider
 
     async def aclose(self) -> None:
-        """Close the shared HTTP client."""
-        if self._client is not None:
-            await self._client.aclose()
+        """Close the shared HTTP clients."""
+        for client in (self._client, self._tenant_client):
+            if client is not None:
+                await client.aclose()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from email.utils import parseaddr
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import Row, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -13,10 +12,11 @@ from pigeon.accounts.service import get_account, key_hint
 from pigeon.clock import utcnow
 from pigeon.config import Settings
 from pigeon.db.tables import infobip_extensions
-from pigeon.errors import NotFound, field_error
+from pigeon.errors import NotFound
 from pigeon.extensions.crypto import encrypt_secret
 from pigeon.extensions.schemas import InfobipExtension, InfobipExtensionIn, Webhooks
 from pigeon.identities.sync import request_sync_all
+from pigeon.netguard import check_url_shape, check_url_target
 from pigeon.validation import normalize_email, normalize_phone
 
 
@@ -27,16 +27,14 @@ def webhook_urls(base_url: str, owner: str, token: str) -> Webhooks:
 
 
 def _validated(body: InfobipExtensionIn, settings: Settings) -> dict[str, Any]:
-    parts = urlsplit(body.baseUrl.strip())
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise field_error("baseUrl", "must be an http(s) URL such as https://xxxxx.api.infobip.com")
+    base_url = check_url_shape(body.baseUrl, allow_private=settings.allow_private_urls)
     email_sender = None
     if body.emailSender:
         name, address = parseaddr(body.emailSender)
         normalized = normalize_email(address or body.emailSender, field="emailSender")
         email_sender = f"{name} <{normalized}>" if name else normalized
     return {
-        "base_url": body.baseUrl.strip().rstrip("/"),
+        "base_url": base_url,
         "api_key": encrypt_secret(body.apiKey, settings),
         "api_key_hint": key_hint(body.apiKey),
         "sms_sender": body.smsSender or None,
@@ -54,6 +52,7 @@ async def put_extension(
 ) -> InfobipExtension:
     """Enable the extension, or replace its configuration (the API key stored encrypted)."""
     values = _validated(body, settings)
+    await check_url_target(values["base_url"], allow_private=settings.allow_private_urls)
     now = utcnow()
     existing = await _row(conn, account_id)
     if existing is None:

@@ -24,6 +24,7 @@ from pigeon.clock import utcnow
 from pigeon.messages import status
 from pigeon.messages.reports import StatusReport
 from pigeon.messages.status import Group, Status, status_for
+from pigeon.netguard import UrlNotAllowed
 from pigeon.providers.base import (
     Outbound,
     PermanentError,
@@ -66,6 +67,8 @@ class _Reply:
     retry_after: float | None
     duration_ms: float
     failure: str | None = None
+    # Pigeon refused to call the account's URL (pigeon.netguard): nothing was sent.
+    refused: bool = False
 
     @property
     def call(self) -> ProviderCall:
@@ -121,6 +124,14 @@ def _status_name(http_status: int | None) -> str:
         return f"HTTP_{http_status}"
 
 
+def _phrase(http_status: int | None) -> str:
+    """The reason phrase of an HTTP status, e.g. Bad Gateway."""
+    try:
+        return HTTPStatus(http_status or 0).phrase
+    except ValueError:
+        return "(unknown status)"
+
+
 def _legacy_violations(validation: Any) -> list[dict[str, Any]]:
     """`validationErrors` ({property: [messages]}) as a list of violations."""
     if not isinstance(validation, Mapping):
@@ -132,7 +143,7 @@ def _legacy_violations(validation: Any) -> list[dict[str, Any]]:
     return violations
 
 
-def parse_error(body: Any, http_status: int | None, text: str = "") -> dict[str, Any]:
+def parse_error(body: Any, http_status: int | None) -> dict[str, Any]:
     """Infobip's error, in either of its formats, as one dict that keeps what Infobip said."""
     permanent = not is_transient_status(http_status)
     if isinstance(body, Mapping):
@@ -162,11 +173,13 @@ def parse_error(body: Any, http_status: int | None, text: str = "") -> dict[str,
                 if body.get(extra):
                     error[extra] = body[extra]
             return error
+    # Not an Infobip error: its body stays in the attempt log, never in what the tenant sees
+    # (it may be anything the URL's server had to say, an internal service's page included).
     name = _status_name(http_status)
     return {
         "id": name,
         "name": name,
-        "description": text.strip()[:500],
+        "description": f"HTTP {http_status} {_phrase(http_status)}, not an Infobip error answer",
         "permanent": permanent,
         "violations": [],
     }
@@ -186,6 +199,16 @@ def _problem(reply: _Reply) -> _Problem | None:
     """None when Infobip took the request; otherwise what went wrong and whether to retry."""
     if reply.ok:
         return None
+    if reply.refused:
+        failure = reply.failure or "not allowed"
+        error = {
+            "id": "URL_NOT_ALLOWED",
+            "name": "URL_NOT_ALLOWED",
+            "description": f"Pigeon refuses to call this Infobip account's {failure}",
+            "permanent": True,
+            "violations": [],
+        }
+        return _Problem(f"refused to call the account's {failure}", error, False, None)
     if reply.http_status is None:
         failure = reply.failure or "no answer"
         error = {
@@ -196,7 +219,7 @@ def _problem(reply: _Reply) -> _Problem | None:
             "violations": [],
         }
         return _Problem(f"Infobip did not answer: {failure}", error, True, None)
-    error = parse_error(reply.body, reply.http_status, reply.text)
+    error = parse_error(reply.body, reply.http_status)
     error["httpStatus"] = reply.http_status
     transient = is_transient_status(reply.http_status)
     if reply.http_status in (401, 403):
@@ -466,6 +489,8 @@ class InfobipProvider:
                 files=files,
                 params=params,
             )
+        except UrlNotAllowed as exc:
+            return _Reply(None, "", None, None, 0.0, failure=str(exc), refused=True)
         except httpx.TransportError as exc:
             elapsed = (time.perf_counter() - started) * 1000
             kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection error"

@@ -66,8 +66,8 @@ def test_the_accept_batch_insert_reuses_its_plan_and_leaves_the_setting_alone(
     from pigeon.db.migrate import upgrade
     from pigeon.demo import DEMO_ACCOUNT_ID, seed_demo
     from pigeon.ids import new_message_id
-    from pigeon.messages.accept import _message_row
     from pigeon.messages.pg_batch import run_batch
+    from pigeon.messages.plan import message_row
     from pigeon.messages.rules import Draft
 
     settings = Settings(database_url=DATABASES.new_url(tmp_path), secret_key="plans-test")
@@ -82,7 +82,7 @@ def test_the_accept_batch_insert_reuses_its_plan_and_leaves_the_setting_alone(
         draft = Draft(
             DEMO_ACCOUNT_ID, "sms", "app", None, "38598123456", "platform", "Pigeon", {"text": "x"}
         )
-        return _message_row(new_message_id(), draft, utcnow())
+        return message_row(new_message_id(), draft, utcnow())
 
     async def scenario() -> tuple[int, int, str, int]:
         engine = create_engine(settings.database_url)

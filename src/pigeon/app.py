@@ -14,6 +14,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon import __version__
 from pigeon.accounts.service import KeyAuthenticator
@@ -25,7 +26,9 @@ from pigeon.config import Settings
 from pigeon.db.engine import create_engine, is_sqlite
 from pigeon.dispatch.worker import Worker
 from pigeon.idempotency.store import IdempotencyStore
-from pigeon.messages.accept import AcceptPipeline
+from pigeon.messages.accept import AcceptPipeline, AcceptWriter
+from pigeon.messages.pg_accept import PostgresAcceptWriter
+from pigeon.messages.sqlite_accept import SqliteAcceptWriter
 
 log = structlog.get_logger("pigeon.app")
 
@@ -39,6 +42,13 @@ async def openapi_json(request: Request[Any, Any, Any]) -> Response[dict[str, An
 def _wake(worker: Worker | None) -> None:
     if worker is not None:
         worker.wake.set()
+
+
+def accept_writer(engine: AsyncEngine, settings: Settings) -> AcceptWriter:
+    """The accept path's writer for the engine."""
+    if is_sqlite(engine):
+        return SqliteAcceptWriter(settings)
+    return PostgresAcceptWriter(engine, settings)
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool | None = None) -> SendFastPath:
@@ -61,7 +71,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             idempotency=IdempotencyStore(
                 engine, reader=reader, ttl_seconds=settings.idempotency_ttl_seconds
             ),
-            accept=AcceptPipeline(engine, settings, on_commit=lambda: _wake(svc.worker)),
+            accept=AcceptPipeline(
+                accept_writer(engine, settings), on_commit=lambda: _wake(svc.worker)
+            ),
         )
         svc.accept.start()
         app.state.services = svc

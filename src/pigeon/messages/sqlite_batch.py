@@ -25,16 +25,8 @@ from typing import Any
 
 from pigeon.db.bulk import SQLITE_MAX_PARAMETERS, json_text, quoted, sqlite_datetime
 from pigeon.idempotency.store import replace_expired
-from pigeon.messages import status
+from pigeon.messages.plan import ACCEPTED_STATUS_CODE, NEW_MESSAGE_STATE
 
-# What every new message starts with (`accept._message_row` sets the same for PostgreSQL):
-# PENDING_ACCEPTED, no attempts yet, due at once, so next_attempt_at and updated_at are its
-# created_at. The trigger writes these itself: a row binds only what differs between sends.
-NEW_MESSAGE_STATE = {
-    "status_id": status.ACCEPTED.id,
-    "group_id": status.ACCEPTED.groupId,
-    "attempts": 0,
-}
 # A new message's columns that a row binds; the rest (error, provider, lease, sent_at...)
 # start NULL.
 MESSAGE_COLUMNS = (
@@ -49,9 +41,6 @@ MESSAGE_COLUMNS = (
     "content",
     "created_at",
 )
-# What an accepted send answers, and so its idempotency record's status_code (a refused send
-# is not stored).
-ACCEPTED_STATUS_CODE = 200
 # An idempotency record's columns that a row binds: its account_id and created_at are the
 # message's, and its status_code is ACCEPTED_STATUS_CODE.
 RECORD_COLUMNS = ("scope", "method", "path", "key", "fingerprint", "response_body", "expires_at")

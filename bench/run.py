@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -44,7 +45,10 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "50000"))
 DEMO_KEY = "AXVubzpwQDU1dzByYM=="
 PYTHON = sys.executable
-RUNS = ("sqlite", "postgresql", "dispatch")
+RUNS = ("sqlite", "postgresql", "dispatch", "e2e")
+DRAIN_SECONDS = 2.0  # after an e2e run's last slice, what still ends final counts
+# The fake Infobip's delay before it posts a delivery report (the sandbox's default is 0.5 s).
+REPORT_DELAY = float(os.environ.get("BENCH_REPORT_DELAY", "0.5"))
 
 
 @dataclass
@@ -58,6 +62,12 @@ class Row:
     share_of_limit: float | None = None
     notes: str = ""
     slices: list[dict[str, Any]] = field(default_factory=list)  # wrk's summary of each
+    # e2e rows: messages that reached a final status during Pigeon's slices (and the drain
+    # after the last one) per second of load; the backlog left when the load ended.
+    final_per_s: float | None = None
+    final_share_of_limit: float | None = None
+    backlog: int | None = None
+    backlog_seconds: float | None = None
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -195,12 +205,14 @@ def pigeon_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def pigeon_api(database_url: str, *args: str) -> Iterator[tuple[str, list[int]]]:
-    """`pigeon serve` without its worker: its URL and process ids (uvicorn's workers too)."""
-    port = _free_port()
+def pigeon_server(
+    database_url: str, *args: str, env: dict[str, str] | None = None, port: int | None = None
+) -> Iterator[tuple[str, list[int]]]:
+    """`pigeon serve` with these arguments: its URL and process ids (uvicorn's workers too)."""
+    port = port or _free_port()
     server = subprocess.Popen(
-        [PYTHON, "-m", "pigeon", "serve", "--no-worker", *args],
-        env=pigeon_env(database_url, port),
+        [PYTHON, "-m", "pigeon", "serve", *args],
+        env=pigeon_env(database_url, port, **(env or {})),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -213,6 +225,33 @@ def pigeon_api(database_url: str, *args: str) -> Iterator[tuple[str, list[int]]]
         stop(server)
 
 
+def pigeon_api(database_url: str, *args: str) -> Any:
+    """`pigeon serve` without its worker: its URL and process ids (uvicorn's workers too)."""
+    return pigeon_server(database_url, "--no-worker", *args)
+
+
+def alternate(
+    limit_url: str, url: str, run_id: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple[float, float]]]:
+    """SLICES slices on the limit and on Pigeon, alternating, limit first: the wrk summaries
+    of each, and the wall-clock window of each of Pigeon's slices."""
+    seconds = SECONDS / SLICES
+    limit_slices: list[dict[str, Any]] = []
+    pigeon_slices: list[dict[str, Any]] = []
+    windows: list[tuple[float, float]] = []
+    for n in range(SLICES):
+        # The disk written out before each slice: the kernel's writeback of what the
+        # ingest wrote is not done during the limit's slice (nor the next ingest's).
+        os.sync()
+        limit_slices.append(wrk(limit_url, "limit", seconds))
+        os.sync()
+        summary = wrk(url, f"{run_id}s{n}", seconds)
+        ended = time.time()
+        pigeon_slices.append(summary)
+        windows.append((ended - summary["duration_us"] / 1e6, ended))
+    return limit_slices, pigeon_slices, windows
+
+
 def paired(name: str, limit_name: str, database_url: str, *args: str) -> list[Row]:
     """An ingest and the limit it is a share of, measured in alternating slices.
 
@@ -223,17 +262,8 @@ def paired(name: str, limit_name: str, database_url: str, *args: str) -> list[Ro
     first. Each figure is over all its slices.
     """
     run_id = f"bench{int(time.time())}"
-    seconds = SECONDS / SLICES
-    limit_slices: list[dict[str, Any]] = []
-    ingest_slices: list[dict[str, Any]] = []
     with pigeon_api(database_url, *args) as (url, pids), limit_app() as (limit_url, limit_pid):
-        for n in range(SLICES):
-            # The disk written out before each slice: the kernel's writeback of what the
-            # ingest wrote is not done during the limit's slice (nor the next ingest's).
-            os.sync()
-            limit_slices.append(wrk(limit_url, "limit", seconds))
-            os.sync()
-            ingest_slices.append(wrk(url, f"{run_id}s{n}", seconds))
+        limit_slices, ingest_slices, _ = alternate(limit_url, url, run_id)
         rss = {f"api{i}" if i else "api": peak_rss_mb(p) for i, p in enumerate(pids)}
         limit = row_from(limit_name, limit_slices, {"server": peak_rss_mb(limit_pid)})
     row = row_from(name, ingest_slices, rss)
@@ -392,6 +422,192 @@ def bench_dispatch(database_url: str) -> Row:
     return row
 
 
+@contextmanager
+def fake_infobip(report_delay: float = REPORT_DELAY) -> Iterator[tuple[str, int]]:
+    """The fake Infobip as its own process (it posts delivery reports back): URL and pid."""
+    port = _free_port()
+    fake = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "tests.fakes.infobip",
+            "--port",
+            str(port),
+            "--api-key",
+            "bench-key",
+            "--report-delay",
+            str(report_delay),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/__fake/summary")
+        yield f"http://127.0.0.1:{port}", fake.pid
+    finally:
+        stop(fake)
+
+
+def infobip_env(fake_url: str) -> dict[str, str]:
+    return {
+        "PIGEON_PROVIDER": "infobip",
+        "PIGEON_INFOBIP_BASE_URL": fake_url,
+        "PIGEON_INFOBIP_API_KEY": "bench-key",
+        "PIGEON_SECRET_KEY": "bench-secret",
+    }
+
+
+@contextmanager
+def pigeon_worker(database_url: str, port: int, env: dict[str, str]) -> Iterator[int]:
+    """`pigeon worker` for the API on `port` (its notify URLs name that port): its pid."""
+    worker = subprocess.Popen(
+        [PYTHON, "-m", "pigeon", "worker"],
+        env=pigeon_env(database_url, port, **env),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield worker.pid
+    finally:
+        stop(worker)
+
+
+@dataclass
+class Delivery:
+    """What became of an e2e run's messages, read from the database afterwards."""
+
+    stored: int  # messages
+    done_at: list[float]  # when each final one became final (epoch seconds)
+    sent_twice: int  # messages the provider accepted more than once
+    incomplete: int  # final messages without their three events
+
+
+def delivery(database_url: str) -> Delivery:
+    from sqlalchemy import func, select, text
+
+    from pigeon.db.tables import messages
+
+    twice = text(
+        "SELECT count(*) FROM (SELECT message_id FROM delivery_attempts"
+        " WHERE outcome = 'accepted' GROUP BY message_id HAVING count(*) > 1) AS t"
+    )
+    incomplete = text(
+        "SELECT count(*) FROM messages AS m WHERE m.done_at IS NOT NULL AND"
+        " (SELECT count(*) FROM message_events AS e WHERE e.message_id = m.id) <> 3"
+    )
+
+    async def run() -> Delivery:
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                stored = (await conn.execute(select(func.count()).select_from(messages))).scalar()
+                done = await conn.execute(
+                    select(messages.c.done_at).where(messages.c.done_at.is_not(None))
+                )
+                return Delivery(
+                    stored=int(stored or 0),
+                    done_at=[row.done_at.timestamp() for row in done],
+                    sent_twice=int((await conn.execute(twice)).scalar_one()),
+                    incomplete=int((await conn.execute(incomplete)).scalar_one()),
+                )
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def not_final(database_url: str) -> int:
+    return count(database_url, "SELECT count(*) FROM messages WHERE done_at IS NULL")
+
+
+def end_to_end(
+    name: str,
+    limit_name: str,
+    database_url: str,
+    *,
+    serve: tuple[str, ...] = (),
+    infobip: bool = False,
+    worker: bool = False,
+) -> list[Row]:
+    """Accept and deliver at once, against the limit in alternating slices (see `paired`).
+
+    final/s counts the messages whose final status was recorded during Pigeon's slices or in
+    the DRAIN_SECONDS after the last one (what the worker finishes while the limit is measured
+    does not count), per second of Pigeon's load.
+    """
+    run_id = f"e2e{int(time.time())}"
+    port = _free_port()
+    rss: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        env: dict[str, str] = {}
+        fake_pid = None
+        if infobip:
+            fake_url, fake_pid = stack.enter_context(fake_infobip())
+            env = infobip_env(fake_url)
+        url, pids = stack.enter_context(pigeon_server(database_url, *serve, env=env, port=port))
+        worker_pid = stack.enter_context(pigeon_worker(database_url, port, env)) if worker else None
+        limit_url, limit_pid = stack.enter_context(limit_app())
+        limit_slices, slices, windows = alternate(limit_url, url, run_id)
+        backlog = not_final(database_url)
+        time.sleep(max(0.0, windows[-1][1] + DRAIN_SECONDS - time.time()))
+        drained = not_final(database_url)
+        rss = {f"api{i}" if i else "api": peak_rss_mb(p) for i, p in enumerate(pids)}
+        if worker_pid is not None:
+            rss["worker"] = peak_rss_mb(worker_pid)
+        if fake_pid is not None:
+            rss["fake"] = peak_rss_mb(fake_pid)
+            summary = httpx.get(f"{fake_url}/__fake/summary", timeout=60).json()
+        limit = row_from(limit_name, limit_slices, {"server": peak_rss_mb(limit_pid)})
+    row = row_from(name, slices, rss)
+    found = delivery(database_url)
+    counted = [*windows[:-1], (windows[-1][0], windows[-1][1] + DRAIN_SECONDS)]
+    final = sum(any(a <= t <= b for a, b in counted) for t in found.done_at)
+    seconds = sum(s["duration_us"] for s in slices) / 1e6
+    accepted = sum(s["requests"] - s["non2xx"] for s in slices)
+    stored = count(
+        database_url, f"SELECT count(*) FROM idempotency_keys WHERE key LIKE '{run_id}s%'"
+    )
+    lost = max(accepted - stored, 0)
+    twice = found.sent_twice
+    if infobip:
+        twice = max(twice, sum(n - 1 for n in summary["duplicates"].values()))
+    row.requests_per_s = round(accepted / seconds, 1)
+    row.final_per_s = round(final / seconds, 1)
+    row.backlog = backlog
+    row.backlog_seconds = round(backlog / (accepted / seconds), 2) if accepted else None
+    row.errors += lost + twice + found.incomplete
+    row.notes = (
+        f"final/s {row.final_per_s}; backlog at the end {backlog} ({row.backlog_seconds} s of"
+        f" input), {drained} after {DRAIN_SECONDS:g} s; accepted {accepted}, stored {stored},"
+        f" lost {lost}, sent twice {twice}, final without 3 events {found.incomplete}"
+    )
+    return [limit, row]
+
+
+def bench_e2e(cluster: PostgresCluster | None, work: Path) -> list[Row]:
+    rows: list[Row] = []
+    for name, infobip in (("e2e: SQLite, pigeon serve", False), ("e2e: SQLite, Infobip", True)):
+        settle_disk()
+        url = f"sqlite:///{work / 'e2e.db'}"
+        rows += end_to_end(name, f"limit: again, for {name}", url, infobip=infobip)
+        for path in work.glob("e2e.db*"):
+            path.unlink()
+    if cluster is not None:
+        settle_disk()
+        name = "e2e: PostgreSQL"
+        rows += end_to_end(
+            name,
+            f"limit: again, for {name}",
+            cluster.new_database(),
+            serve=("--workers", "2", "--no-worker"),
+            infobip=True,
+            worker=True,
+        )
+    return rows
+
+
 def print_table(rows: list[Row]) -> None:
     header = (
         f"{'run':44} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'of limit':>8}"
@@ -406,8 +622,15 @@ def print_table(rows: list[Row]) -> None:
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f}" if r.p50_ms or r.p99_ms else f"{'-':>8} {'-':>8}"
         )
         print(f"{r.name:44} {r.requests_per_s:>9.1f} {latency} {r.errors:>6} {share:>8}  {rss}")
+        if r.final_per_s is not None:
+            final = f"{r.final_share_of_limit:.1%}" if r.final_share_of_limit is not None else ""
+            print(f"{'final (accept to final status)':44} {r.final_per_s:>9.1f} {'':24} {final:>8}")
         if r.notes:
             print(f"{'':44} {r.notes}")
+    ingest = next((r for r in rows if r.name.startswith("ingest: SQLite")), None)
+    for r in rows:
+        if ingest is not None and r.name.startswith("e2e: SQLite") and ingest.p99_ms:
+            print(f"{r.name}: p99 {r.p99_ms / ingest.p99_ms:.2f}x the --no-worker ingest's")
 
 
 def settle_disk() -> None:
@@ -438,9 +661,9 @@ def main() -> int:
         rows += paired("ingest: SQLite, 1 process", "limit: bare ASGI, 1 process", sqlite_url)
         for path in work.glob("ingest.db*"):
             path.unlink()
-    if "sqlite" not in only and "postgresql" not in only:
+    if not only & {"sqlite", "postgresql", "e2e"}:
         rows.append(bench_limit())
-    cluster = PostgresCluster(durable=True) if only & {"postgresql", "dispatch"} else None
+    cluster = PostgresCluster(durable=True) if only & {"postgresql", "dispatch", "e2e"} else None
     if cluster is not None:
         cluster.start()
     try:
@@ -458,6 +681,8 @@ def main() -> int:
         if cluster is not None and "dispatch" in only:
             settle_disk()
             rows.append(bench_dispatch(cluster.new_database()))
+        if "e2e" in only:
+            rows += bench_e2e(cluster, work)
     finally:
         if cluster is not None:
             cluster.stop()
@@ -466,12 +691,12 @@ def main() -> int:
     for r in rows:
         if r.name.startswith("limit"):
             limit = r.requests_per_s
-        elif r.name.startswith("ingest"):
-            r.share_of_limit = round(r.requests_per_s / limit, 4) if limit else None
+        elif r.name.startswith(("ingest", "e2e")) and limit:
+            r.share_of_limit = round(r.requests_per_s / limit, 4)
+            if r.final_per_s is not None:
+                r.final_share_of_limit = round(r.final_per_s / limit, 4)
     print()
     print_table(rows)
-    if only != set(RUNS):
-        return 0 if all(r.errors == 0 for r in rows) else 1
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -483,6 +708,7 @@ def main() -> int:
                 "seconds": SECONDS,
                 "slices": SLICES,
                 "connections": CONNECTIONS,
+                "only": sorted(only),
                 "rows": [asdict(r) for r in rows],
             },
             indent=2,

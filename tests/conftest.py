@@ -139,6 +139,9 @@ def server_env(tmp: Path, **overrides: str) -> dict[str, str]:
         # start their server with PIGEON_ALLOW_PRIVATE_URLS="0".
         PIGEON_ALLOW_PRIVATE_URLS="1",
     )
+    if DATABASES.engine == "postgresql":
+        # Demo mode on PostgreSQL needs a shared secret (on SQLite it generates its own file).
+        env["PIGEON_SECRET_KEY"] = "test-suite-postgresql-secret-key"
     env.update(overrides)
     return env
 

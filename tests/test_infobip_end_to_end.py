@@ -800,7 +800,7 @@ def test_without_a_secret_key_provider_credentials_are_refused(
     tmp_path: Path, databases: Databases
 ) -> None:
     server = make_server(tmp_path, PIGEON_DEMO="0")
-    assert "PIGEON_SECRET_KEY" not in server.env
+    server.env.pop("PIGEON_SECRET_KEY", None)  # the suite sets one on PostgreSQL
     server.start()
     try:
         with server.client(create_tenant(server).api_key) as client:

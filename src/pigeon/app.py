@@ -29,6 +29,7 @@ from pigeon.idempotency.store import IdempotencyStore
 from pigeon.messages.accept import AcceptPipeline, AcceptWriter
 from pigeon.messages.pg_accept import PostgresAcceptWriter
 from pigeon.messages.sqlite_accept import SqliteAcceptWriter
+from pigeon.serversecret import reencrypt_credentials, with_server_secret
 
 log = structlog.get_logger("pigeon.app")
 
@@ -54,7 +55,7 @@ def accept_writer(engine: AsyncEngine, settings: Settings) -> AcceptWriter:
 def create_app(settings: Settings | None = None, *, run_worker: bool | None = None) -> SendFastPath:
     """Build the app, behind the send routes' fast path; the worker runs in-process unless
     disabled."""
-    settings = settings or Settings()
+    settings = with_server_secret(settings or Settings())
     with_worker = settings.worker_enabled if run_worker is None else run_worker
 
     @contextlib.asynccontextmanager
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
                 accept_writer(engine, settings), on_commit=lambda: _wake(svc.worker)
             ),
         )
+        await reencrypt_credentials(engine, settings)
         svc.accept.start()
         app.state.services = svc
         if settings.demo:

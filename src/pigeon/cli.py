@@ -38,6 +38,17 @@ def _settings() -> Settings:
     return settings
 
 
+def _server_settings(settings: Settings) -> Settings:
+    """Settings with the server's secret (the demo's generated one); exits when it has none."""
+    from pigeon.serversecret import SecretKeyRequired, with_server_secret
+
+    try:
+        return with_server_secret(settings)
+    except SecretKeyRequired as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _in_transaction(settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     async def run() -> T:
         engine = create_engine(settings.database_url)
@@ -128,7 +139,7 @@ def demo() -> None:
     """Seed the docs' example tenant (API key AXVubzpwQDU1dzByYM==, which is public)."""
     from pigeon.demo import DEMO_API_KEY, DEMO_OBJECT_ID, seed_demo
 
-    settings = _settings().model_copy(update={"demo": True})
+    settings = _server_settings(_settings().model_copy(update={"demo": True}))
 
     async def run() -> str:
         engine = create_engine(settings.database_url)
@@ -192,7 +203,7 @@ def serve(
         updates["host"] = host
     if port is not None:
         updates["port"] = port
-    settings = settings.model_copy(update=updates)
+    settings = _server_settings(settings.model_copy(update=updates))
     if workers > 1 and settings.sqlite_path() is not None:
         typer.echo(
             "error: --workers > 1 needs PostgreSQL: SQLite allows one writing server process. "
@@ -239,12 +250,14 @@ def worker(
     """Run only the dispatch worker (stops cleanly on SIGTERM or Ctrl-C)."""
     from pigeon.dispatch.registry import ProviderRegistry
     from pigeon.dispatch.worker import Worker, tune_gc_for_batches
+    from pigeon.serversecret import reencrypt_credentials
 
-    settings = _settings()
+    settings = _server_settings(_settings())
     tune_gc_for_batches()
 
     async def run() -> None:
         engine = create_engine(settings.database_url)
+        await reencrypt_credentials(engine, settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -14,7 +14,8 @@ from pigeon.errors import PigeonError
 
 log = structlog.get_logger("pigeon.crypto")
 PREFIX = "fernet:v1:"
-# Demo mode only: the demo tenant's key is public anyway; a real deployment sets its own secret.
+# What demo mode encrypted with before it generated a secret of its own (pigeon.serversecret):
+# public, so it is only ever used to re-encrypt such credentials with the server's secret.
 DEMO_SECRET = "pigeon-demo-mode-insecure-secret"  # noqa: S105
 
 
@@ -24,20 +25,36 @@ class SecretKeyMissing(PigeonError):
     title = "Service unavailable"
 
 
-def _fernet(settings: Settings) -> Fernet:
-    if settings.secret_key is not None and settings.secret_key.get_secret_value():
-        secret = settings.secret_key.get_secret_value()
-    elif settings.demo:
-        secret = DEMO_SECRET
-    else:
-        raise SecretKeyMissing(
-            "this server has no PIGEON_SECRET_KEY, so it refuses to store provider credentials; "
-            "the operator must set one"
-        )
+def _fernet_for(secret: str) -> Fernet:
     derived = HKDF(
         algorithm=hashes.SHA256(), length=32, salt=None, info=b"pigeon provider credentials v1"
     ).derive(secret.encode())
     return Fernet(base64.urlsafe_b64encode(derived))
+
+
+def _fernet(settings: Settings) -> Fernet:
+    # Demo mode's generated secret is in settings.secret_key too (serversecret.with_server_secret).
+    if settings.secret_key is None or not settings.secret_key.get_secret_value():
+        raise SecretKeyMissing(
+            "this server has no PIGEON_SECRET_KEY, so it refuses to store provider credentials; "
+            "the operator must set one"
+        )
+    return _fernet_for(settings.secret_key.get_secret_value())
+
+
+def encrypt_with(clear: str, secret: str) -> str:
+    """The stored form of a provider credential, encrypted under `secret`."""
+    return PREFIX + _fernet_for(secret).encrypt(clear.encode()).decode()
+
+
+def try_decrypt_with(stored: str, secret: str) -> str | None:
+    """The credential in clear if `secret` is the one it was encrypted with, else None."""
+    if not stored.startswith(PREFIX):
+        return None
+    try:
+        return _fernet_for(secret).decrypt(stored.removeprefix(PREFIX).encode()).decode()
+    except InvalidToken:
+        return None
 
 
 def encrypt_secret(clear: str, settings: Settings) -> str:

@@ -16,7 +16,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pigeon import __version__
+from pigeon import __version__, metrics
 from pigeon.accounts.service import KeyAuthenticator
 from pigeon.api import extensions, health, identities, messages, users, webhooks
 from pigeon.api.deps import Services, provide_account_id
@@ -111,6 +111,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             await engine.dispose()
             if reader is not engine:
                 await reader.dispose()
+            metrics.process_exiting()
 
     app = Litestar(
         route_handlers=[
@@ -120,6 +121,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             extensions.router,
             webhooks.router,
             health.health,
+            health.ready,
+            health.prometheus,
             openapi_json,
         ],
         dependencies={"account_id": Provide(provide_account_id)},
@@ -144,7 +147,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         debug=False,
         logging_config=None,
     )
-    return SendFastPath(app, lambda: app.state.services)
+    return SendFastPath(metrics.HttpMetrics(app), lambda: app.state.services)
 
 
 def app_from_environment() -> SendFastPath:

@@ -191,6 +191,19 @@ def serve(
     ] = True,
 ) -> None:
     """Run the HTTP API (and, by default, the dispatch worker in the same process)."""
+    from pigeon import multiproc
+
+    # Before anything imports prometheus_client: every process then counts into the files.
+    metrics_dir = multiproc.prepare(workers)
+    try:
+        _serve(host, port, worker=worker, workers=workers, migrate=migrate)
+    finally:
+        multiproc.remove(metrics_dir)
+
+
+def _serve(
+    host: str | None, port: int | None, *, worker: bool, workers: int, migrate: bool
+) -> None:
     import uvicorn
 
     from pigeon.app import create_app
@@ -246,8 +259,15 @@ def worker(
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, help="Dispatch loops in this process.")
     ] = 1,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port", min=1, max=65535, help="Serve GET /metrics on 127.0.0.1:PORT."
+        ),
+    ] = None,
 ) -> None:
     """Run only the dispatch worker (stops cleanly on SIGTERM or Ctrl-C)."""
+    from pigeon import metrics
     from pigeon.dispatch.registry import ProviderRegistry
     from pigeon.dispatch.worker import Worker, tune_gc_for_batches
     from pigeon.serversecret import reencrypt_credentials
@@ -264,9 +284,14 @@ def worker(
             loop.add_signal_handler(signum, stop.set)
         registry = ProviderRegistry(settings)
         loops = [Worker(engine, settings, registry) for _ in range(concurrency)]
+        exporter = None
+        if metrics_port is not None:
+            exporter = await metrics.serve(engine, host="127.0.0.1", port=metrics_port)
         try:
             await asyncio.gather(*(w.run(stop) for w in loops))
         finally:
+            if exporter is not None:
+                exporter.close()
             await registry.aclose()
             await engine.dispose()
 

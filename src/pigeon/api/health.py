@@ -1,15 +1,27 @@
-"""/health: liveness and database reachability, unauthenticated."""
+"""/health (liveness), /ready (the database answers, at the code's migration head) and
+/metrics (Prometheus text): unauthenticated, for supervisors and scrapers."""
 
 from __future__ import annotations
 
+import asyncio
+from functools import cache
 from typing import Any
 
 import msgspec
-from litestar import Request, get
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from litestar import Request, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
-from pigeon import __version__
+from pigeon import __version__, metrics
 from pigeon.api.deps import services
+from pigeon.api.problems import problem
+from pigeon.db.migrate import MIGRATIONS
+
+READY_TIMEOUT = 5.0  # a database that takes longer than this to answer is not ready
 
 
 class Health(msgspec.Struct):
@@ -19,9 +31,75 @@ class Health(msgspec.Struct):
     provider: str
 
 
+class Ready(msgspec.Struct):
+    status: str
+    database: str
+    revision: str
+
+
 @get("/health", summary="Health check", tags=["Health"])
 async def health(request: Request[Any, Any, Any]) -> Health:
     svc = services(request)
     async with svc.reader.connect() as conn:
         await conn.execute(text("SELECT 1"))
     return Health("ok", __version__, svc.engine.dialect.name, svc.settings.provider)
+
+
+@cache
+def code_heads() -> tuple[str, ...]:
+    """The migration heads this code ships (read once)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return tuple(sorted(ScriptDirectory.from_config(config).get_heads()))
+
+
+def _database_heads(conn: Connection) -> tuple[str, ...]:
+    return tuple(sorted(MigrationContext.configure(conn).get_current_heads()))
+
+
+def _reason(exc: BaseException) -> str:
+    """A database error in one line, without SQLAlchemy's statement and help link."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {READY_TIMEOUT:g} s"
+    original = getattr(exc, "orig", None) or exc
+    first = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {first[0]}" if first else type(original).__name__
+
+
+@get(
+    "/ready",
+    summary="Readiness: the database answers and its schema is at the code's migration head",
+    tags=["Health"],
+    responses={503: ResponseSpec(None, description="Not ready (problem details say why)")},
+)
+async def ready(request: Request[Any, Any, Any]) -> Response[Any]:
+    svc = services(request)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT), svc.reader.connect() as conn:
+            current = await conn.run_sync(_database_heads)
+    except Exception as exc:
+        return problem(
+            503,
+            "database_unavailable",
+            f"the database does not answer: {_reason(exc)}",
+            instance="/ready",
+            headers={"Retry-After": "5"},
+        )
+    heads = code_heads()
+    if current != heads:
+        at = ", ".join(current) or "no revision (empty database)"
+        return problem(
+            503,
+            "migrations_not_at_head",
+            f"the database schema is at {at}, this code needs {', '.join(heads)}: "
+            "run `pigeon db upgrade`",
+            instance="/ready",
+            headers={"Retry-After": "5"},
+        )
+    return Response(Ready("ready", svc.engine.dialect.name, ", ".join(heads)))
+
+
+@get("/metrics", summary="Prometheus metrics", tags=["Health"], include_in_schema=False)
+async def prometheus(request: Request[Any, Any, Any]) -> Response[bytes]:
+    body = await metrics.scrape(services(request).reader)
+    return Response(body, media_type=metrics.CONTENT_TYPE)

@@ -15,6 +15,7 @@ pipeline; this module only skips the framework around them.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -22,6 +23,7 @@ import msgspec
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
+from pigeon import metrics
 from pigeon.api.deps import Services, api_key_from
 from pigeon.api.messages import SEND_BODIES, scope_send, send_request
 from pigeon.api.problems import PROBLEM_JSON, UNEXPECTED, problem_body
@@ -43,6 +45,16 @@ _ROUTE = re.compile(
     r"|apps/message)"
     r"/(?P<channel>sms|whatsapp|email)"
 )
+# The Litestar routes' templates, which the fast path's requests are counted under.
+_TEMPLATES = {
+    (kind, channel): f"/v1/{prefix}/{channel}"
+    for kind, prefix in (
+        ("user", "users/{user_id}/message"),
+        ("person", "identities/{identity_id}/person/message"),
+        ("app", "apps/message"),
+    )
+    for channel in ("sms", "whatsapp", "email")
+}
 _DECODERS: dict[tuple[str, str], msgspec.json.Decoder[Any]] = {
     (kind, channel): msgspec.json.Decoder(body) for (kind, channel), body in SEND_BODIES.items()
 }
@@ -72,17 +84,21 @@ class SendFastPath:
         match = _ROUTE.fullmatch(scope["path"])
         if match is None:
             return await self.app(scope, receive, send)
+        started = time.perf_counter()
         body, complete = await _read_body(receive)
         item = await self._prepare(scope, match, body) if complete else None
         if item is None:
             return await self.app(scope, _replaying(body, complete, receive), send)
+        route = _TEMPLATES[item.recipient_type, item.channel]
         try:
             result = await self.services().accept.submit(item)
         except PigeonError as exc:
+            metrics.count_request("POST", route, exc.status, time.perf_counter() - started)
             return await _send_problem(send, scope["path"], exc)
         except Exception:
             log.exception("unhandled error", path=scope["path"], method="POST")
             error = PigeonError(UNEXPECTED, code="internal_error", status=500)
+            metrics.count_request("POST", route, 500, time.perf_counter() - started)
             return await _send_problem(send, scope["path"], error)
         headers = [_JSON, (b"content-length", str(len(result.body)).encode())]
         if result.replayed:
@@ -91,6 +107,7 @@ class SendFastPath:
             {"type": "http.response.start", "status": result.status_code, "headers": headers}
         )
         await send({"type": "http.response.body", "body": result.body})
+        metrics.count_request("POST", route, result.status_code, time.perf_counter() - started)
 
     async def _prepare(self, scope: Scope, match: re.Match[str], body: bytes) -> Any:
         """The request as a SendRequest, or None when Litestar should answer it."""

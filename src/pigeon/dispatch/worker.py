@@ -9,6 +9,7 @@ import socket
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -16,6 +17,7 @@ import structlog
 from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from pigeon import metrics
 from pigeon.clock import utcnow
 from pigeon.config import Settings
 from pigeon.db.bulk import insert_rows, update_rows
@@ -158,7 +160,12 @@ class Worker:
         for provider in self.registry.polling():
             async with self.engine.begin() as conn:
                 reports = await provider.poll_reports(conn=conn)
-                applied += await apply_statuses(conn=conn, reports=reports, source="report")
+                moved = await apply_statuses(conn=conn, reports=reports, source="report")
+                stale = len(reports) - moved
+                metrics.on_commit(
+                    conn, partial(metrics.count_reports, provider.name, moved, 0, stale)
+                )
+                applied += moved
         return applied
 
     async def dispatch(self, claimed: Sequence[tuple[Outbound, str | None]]) -> None:
@@ -187,7 +194,8 @@ class Worker:
             await self._record(group, outcomes, provider_name="none")
             return
         try:
-            outcomes = await provider.send(group)
+            with metrics.provider_request(provider.name, group[0].channel):
+                outcomes = await provider.send(group)
         except ProviderError as exc:
             log.warning(
                 "provider refused a batch",

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import structlog
 
+from pigeon import metrics
 from pigeon.errors import Conflict, PigeonError
 from pigeon.idempotency.store import KeyInUse, Scope, StoredResponse
 from pigeon.messages.plan import KeyCollision, Outcome, SendRequest
@@ -154,6 +155,7 @@ class AcceptPipeline:
         for item, outcome in zip(batch, outcomes, strict=True):
             if item.future is not None and not item.future.done():
                 item.future.set_result(outcome)
+        metrics.count_accepted(batch, outcomes)
         if self.on_commit is not None:
             self.on_commit()
 

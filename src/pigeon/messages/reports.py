@@ -9,6 +9,7 @@ from sqlalchemy import Select, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from pigeon import metrics
 from pigeon.clock import utcnow
 from pigeon.db.bulk import insert_rows, update_rows
 from pigeon.db.tables import message_events, messages
@@ -60,9 +61,12 @@ _TRACKED = (
 )
 
 
+_FACTS = ("channel", "created_at")  # read for the metrics of final statuses, never written
+
+
 def _locked_rows(ids: list[str], dialect: str) -> Select[Any]:
     """The rows' tracked columns, locked in id order (so concurrent appliers cannot deadlock)."""
-    query = select(messages.c.id, *(messages.c[name] for name in _TRACKED))
+    query = select(messages.c.id, *(messages.c[name] for name in (*_TRACKED, *_FACTS)))
     if dialect == "postgresql":
         # One array parameter: a thousand ids do not become a thousand bind parameters.
         listed = bindparam("ids", ids, type_=ARRAY(messages.c.id.type))
@@ -95,8 +99,10 @@ async def apply_statuses(
     rows = await conn.execute(_locked_rows(ids, conn.dialect.name))
     names = tuple(rows.keys())
     state = {row[0]: dict(zip(names, row, strict=True)) for row in rows}
+    facts = {mid: (row.pop("channel"), row.pop("created_at")) for mid, row in state.items()}
     now = utcnow()
     events: list[dict[str, Any]] = []
+    finals: list[metrics.Final] = []
     changed: set[str] = set()
     for message_id, values in sent.items():
         row = state.get(message_id)
@@ -122,10 +128,15 @@ async def apply_statuses(
                 "detail": _detail(report),
             }
         )
+        if report.status.is_final:
+            channel, created_at = facts[report.message_id]
+            finals.append(metrics.Final(channel, report.status.group.name, created_at, now))
     if changed:
         updates = [{**state[mid], "updated_at": now} for mid in sorted(changed)]
         await conn.run_sync(update_rows, messages, updates)
     await conn.run_sync(insert_rows, message_events, events)
+    if finals:
+        metrics.on_commit(conn, lambda: metrics.count_finals(finals))
     return len(events)
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from pigeon import metrics
 from pigeon.clock import utcnow
 from pigeon.db.tables import accounts, messages, platform_state
 from pigeon.errors import Unauthorized
@@ -22,6 +23,7 @@ from pigeon.messages.status import Status, status_for
 from pigeon.webhooks.schemas import DeliveryReports, InboundMessages, WebhookAnswer
 
 log = structlog.get_logger("pigeon.webhooks")
+INFOBIP = "infobip"  # the provider whose report format these webhooks speak
 PLATFORM_TOKEN = "platform_webhook_token"  # noqa: S105 - the name of a row, not a secret
 
 
@@ -145,4 +147,6 @@ async def apply_reports(
         error = item.error if item.error and item.error.get("id") not in (0, None) else None
         reports.append(StatusReport(message_id, _reported_status(item), error, original))
     applied = await apply_statuses(conn=conn, reports=reports, source="report")
+    stale = len(reports) - applied
+    metrics.on_commit(conn, lambda: metrics.count_reports(INFOBIP, applied, unknown, stale))
     return WebhookAnswer(received=len(payload.results), applied=applied, unknown=unknown)

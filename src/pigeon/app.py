@@ -23,6 +23,7 @@ from pigeon.api.deps import Services, provide_account_id
 from pigeon.api.problems import EXCEPTION_HANDLERS
 from pigeon.api.sendpath import SendFastPath
 from pigeon.config import Settings
+from pigeon.console import routes as console
 from pigeon.db.engine import create_engine, is_sqlite
 from pigeon.dispatch.worker import Worker
 from pigeon.idempotency.store import IdempotencyStore
@@ -123,8 +124,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             health.health,
             health.ready,
             health.prometheus,
+            console.router,
+            console.static,
             openapi_json,
         ],
+        template_config=console.TEMPLATES,
         dependencies={"account_id": Provide(provide_account_id)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

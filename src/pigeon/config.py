@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=10, ge=1)
     sandbox_report_delay: float = Field(default=0.5, ge=0)
 
+    console_session_seconds: int = Field(default=8 * 3600, ge=60)
+
     log_level: str = "INFO"
     log_json: bool = False
 

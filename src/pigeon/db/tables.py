@@ -229,6 +229,18 @@ idempotency_keys = Table(
     Column("expires_at", UTCDateTime(), nullable=False, index=True),
 )
 
+# A console sign-in: the cookie's token is kept only as its SHA-256 (migration 0005).
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("account_id", String(24), ForeignKey("accounts.id"), nullable=False),
+    Column("key_id", String(32), ForeignKey("api_keys.id"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
+)
+
 platform_state = Table(
     "platform_state",
     metadata,

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIGEON_DEMO ?= 1
 
-.PHONY: run test lint typecheck check bench clean
+.PHONY: run test lint typecheck check bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,13 @@ run: $(STAMP)
 	$(BIN)/pigeon db upgrade
 	$(BIN)/pigeon serve
 
+# The console's tests drive Debian's headless Chromium through its chromedriver.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+
 # The whole suite runs twice: on SQLite, then on a PostgreSQL server the tests start themselves.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest --db=sqlite $(PYTEST_ARGS)
 	$(BIN)/python -m pytest --db=postgresql $(PYTEST_ARGS)
 

@@ -267,6 +267,9 @@ def worker(
     ] = None,
 ) -> None:
     """Run only the dispatch worker (stops cleanly on SIGTERM or Ctrl-C)."""
+    from pigeon import multiproc
+
+    multiproc.own_metrics_only()  # before prometheus_client is imported
     from pigeon import metrics
     from pigeon.dispatch.registry import ProviderRegistry
     from pigeon.dispatch.worker import Worker, tune_gc_for_batches

@@ -17,22 +17,28 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def prepare(workers: int) -> Path | None:
-    """For more than one process: choose and empty the metrics directory the processes inherit
-    through the environment. A fresh temporary one, returned so that the caller removes it at
-    exit, unless the operator set PROMETHEUS_MULTIPROC_DIR (emptied, kept, None returned). One
-    process keeps its metrics in memory: nothing to do, None."""
+    """Choose and empty the directory the API processes count into, set in the environment
+    they inherit. With PROMETHEUS_MULTIPROC_DIR set by the operator: that one, emptied and kept
+    (None returned). Otherwise, for more than one process, a fresh temporary one, returned for
+    the caller to `remove` at exit; one process keeps its metrics in memory (None)."""
+    chosen = os.environ.get(ENV)
+    if chosen:
+        path = Path(chosen)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):  # a previous run's counts are not this run's
+            stale.unlink()
+        return None
     if workers <= 1:
         return None
-    chosen = os.environ.get(ENV)
-    if not chosen:
-        created = Path(tempfile.mkdtemp(prefix="pigeon-metrics-"))
-        os.environ[ENV] = str(created)
-        return created
-    path = Path(chosen)
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):  # a previous run's counts are not this run's
-        stale.unlink()
-    return None
+    created = Path(tempfile.mkdtemp(prefix="pigeon-metrics-"))
+    os.environ[ENV] = str(created)
+    return created
+
+
+def own_metrics_only() -> None:
+    """For a process that serves its own metrics (`pigeon worker --metrics-port`): in memory,
+    whatever the environment says, so its scrape is not the API processes' sum."""
+    os.environ.pop(ENV, None)
 
 
 def remove(path: Path | None) -> None:

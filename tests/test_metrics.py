@@ -194,6 +194,10 @@ def test_workers_2_sum_their_counters_and_the_worker_serves_its_own(tmp_path: Pa
     srv.start()
     worker = None
     try:
+        deadline = time.monotonic() + 90  # /health answers as soon as the first is up
+        while srv.log_path.read_text().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline, srv.log_path.read_text()[-3000:]
+            time.sleep(0.2)
         sent = 24
         for n in range(sent):  # a connection each: the kernel spreads them over both processes
             with srv.client(DEMO_KEY) as client:

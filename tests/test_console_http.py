@@ -88,6 +88,7 @@ def test_sign_out_and_revocation_end_the_session(server: Server) -> None:
     client = sign_in(server, tenant)
     stolen = dict(client.cookies)
     assert client.get("/console/messages").status_code == 200
+    assert client.get("/console/login").headers["location"] == "/console"  # signed in already
     # A POST without the session's form token changes nothing.
     assert client.post("/console/logout").status_code == 403
     assert client.get("/console/messages").status_code == 200

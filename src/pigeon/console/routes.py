@@ -155,7 +155,12 @@ def _page(
 
 
 @get("/login", include_in_schema=False)
-async def login_form(request: Request[Any, Any, Any]) -> Template:
+async def login_form(request: Request[Any, Any, Any]) -> Response[Any]:
+    try:
+        await _session(request)
+        return Redirect("/console", status_code=303)  # signed in already
+    except NotSignedIn:
+        pass
     token = request.cookies.get(LOGIN_CSRF_COOKIE) or new_token()
     page = _page(request, "login.html", None, login_token=token, error=None)
     page.set_cookie(_login_cookie(request, token))

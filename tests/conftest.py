@@ -50,7 +50,8 @@ class Server:
         self.process = subprocess.Popen(
             [*PIGEON, "serve", *self.extra_args], env=self.env, stdout=log, stderr=log, cwd=ROOT
         )
-        deadline = time.monotonic() + 30
+        # Generous: on a loaded 2-core machine a cold start (imports, migrations) took over 30 s.
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"pigeon exited:\n{self.log_path.read_text()[-4000:]}")
@@ -60,6 +61,9 @@ class Server:
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
+        # A server that never answered would outlive the test run: end it before failing.
+        self.process.kill()
+        self.process.wait()
         raise RuntimeError(f"pigeon did not start:\n{self.log_path.read_text()[-4000:]}")
 
     def stop(self) -> bool:

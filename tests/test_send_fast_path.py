@@ -121,7 +121,13 @@ def _client(app: Any) -> httpx.AsyncClient:
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     tmp: Path = tmp_path_factory.mktemp("fastpath")
-    settings = Settings(database_url=DATABASES.new_url(tmp), demo=True, worker_enabled=False)
+    settings = Settings(
+        database_url=DATABASES.new_url(tmp),
+        demo=True,
+        worker_enabled=False,
+        # Demo mode on PostgreSQL needs a secret (on SQLite it generates one beside the file).
+        secret_key="fast-path-test-secret" if DATABASES.engine == "postgresql" else None,
+    )
     upgrade(settings)
     return settings
 

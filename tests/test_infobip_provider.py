@@ -534,6 +534,8 @@ def test_parse_error_reads_the_legacy_format() -> None:
     }
 
     assert parse_error(body, 400) == {
+        "provider": "infobip",
+        "raw": body,
         "id": "BAD_REQUEST",
         "name": "BAD_REQUEST",
         "description": "Bad request",

@@ -121,6 +121,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             messages.router,
             extensions.router,
             webhooks.router,
+            webhooks.twilio_router,
             health.health,
             health.ready,
             health.prometheus,

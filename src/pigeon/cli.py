@@ -10,10 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.accounts import service as accounts
-from pigeon.config import Settings
+from pigeon.config import Settings, settings_problem
 from pigeon.db.engine import create_engine
 from pigeon.errors import PigeonError
 from pigeon.logging import configure_logging
@@ -33,7 +34,11 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 def _settings() -> Settings:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        typer.echo(f"error: {settings_problem(exc)}", err=True)
+        raise typer.Exit(2) from None
     configure_logging(settings.log_level, json=settings.log_json)
     return settings
 

@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/pigeon.db"
@@ -29,6 +29,28 @@ class Settings(BaseSettings):
 
     infobip_base_url: str = ""
     infobip_api_key: SecretStr = SecretStr("")
+
+    # The platform's providers per channel, in order (unset: PIGEON_PROVIDER alone).
+    sms_providers: str | None = None
+    whatsapp_providers: str | None = None
+    email_providers: str | None = None
+    provider_failure_threshold: int = Field(default=5, ge=1)
+    provider_cooldown_seconds: float = Field(default=30.0, gt=0)
+
+    smtp_host: str = ""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_tls: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0)
+    smtp_pool_size: int = Field(default=4, ge=1, le=100)
+
+    twilio_account_sid: str = ""
+    twilio_auth_token: SecretStr = SecretStr("")
+    twilio_base_url: str = "https://api.twilio.com"
+    twilio_sms_from: str = ""
+    twilio_messaging_service_sid: str = ""
+    twilio_whatsapp_from: str = ""
 
     sms_sender: str = "Pigeon"
     whatsapp_sender: str = "447860088593"
@@ -67,6 +89,20 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _routes_are_complete(self) -> Settings:
+        from pigeon.providers.routes import check_routes
+
+        check_routes(self)
+        return self
+
+    def providers_for(self, channel: str) -> tuple[str, ...]:
+        """The platform's providers for a channel, in the order they are tried."""
+        listed: str | None = getattr(self, f"{channel}_providers")
+        if listed is None or not listed.strip():
+            return (self.provider,)
+        return tuple(name.strip().lower() for name in listed.split(",") if name.strip())
+
     @cached_property
     def base_url(self) -> str:
         """The externally reachable base URL, used to build webhook URLs."""
@@ -80,3 +116,14 @@ class Settings(BaseSettings):
             if self.database_url.startswith(prefix):
                 return Path(self.database_url.removeprefix(prefix))
         return None
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """What is wrong with the environment, naming the variables (for start-up's message)."""
+    lines = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        fields = [str(part) for part in error["loc"]]
+        where = f"PIGEON_{fields[0].upper()}: " if fields else ""
+        lines.append(f"{where}{message}")
+    return "; ".join(lines)

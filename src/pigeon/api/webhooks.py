@@ -1,14 +1,16 @@
-"""/v1/webhooks/infobip/{owner}/{token}/...: what Infobip posts back to us."""
+"""/v1/webhooks/infobip/{owner}/{token}/... and /v1/webhooks/twilio/{owner}/{token}/status:
+what the providers post back to us."""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import Request, Router, post
 
 from pigeon.api.deps import services
-from pigeon.webhooks import service
+from pigeon.webhooks import service, twilio
 from pigeon.webhooks.schemas import DeliveryReports, InboundMessages, WebhookAnswer
 
 
@@ -49,4 +51,30 @@ async def reports(
         return await service.apply_reports(conn=conn, owner=owner, payload=data, raw=raw)
 
 
+@post(
+    "/{owner:str}/{token:str}/status",
+    status_code=200,
+    summary="Message status callbacks (Twilio's form-encoded format, signed)",
+)
+async def twilio_status(request: Request[Any, Any, Any], owner: str, token: str) -> WebhookAnswer:
+    body = (await request.body()).decode("utf-8", errors="replace")
+    params = parse_qsl(body, keep_blank_values=True)
+    svc = services(request)
+    # The URL Twilio signed is the one Pigeon gave it: the public base URL and this path.
+    url = svc.settings.base_url + request.url.path
+    if request.url.query:
+        url += f"?{request.url.query}"
+    async with svc.engine.begin() as conn:
+        return await twilio.apply_status_callback(
+            conn=conn,
+            settings=svc.settings,
+            owner=owner,
+            token=token,
+            url=url,
+            params=params,
+            given_signature=request.headers.get("x-twilio-signature"),
+        )
+
+
 router = Router("/v1/webhooks/infobip", route_handlers=[inbound, reports], tags=["Webhooks"])
+twilio_router = Router("/v1/webhooks/twilio", route_handlers=[twilio_status], tags=["Webhooks"])

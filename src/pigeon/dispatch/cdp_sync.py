@@ -75,14 +75,14 @@ async def _run_one(
     attempts: int,
 ) -> None:
     async with engine.begin() as conn:  # may create the platform webhook token
-        provider = await registry.for_owner(conn=conn, owner=identity.account_id)
-    if provider is None:
+        people = await registry.people_for(conn=conn, owner=identity.account_id)
+    if people is None:
         await _finish(engine, identity.id, state="failed", error=EXTENSION_GONE)
         return
     person = identity.person or {}
     contact = person.get("contactInformation") or {}
     try:
-        await provider.upsert_person(
+        await people.upsert_person(
             external_id=identity.id,
             first_name=person.get("firstName"),
             last_name=person.get("lastName"),

@@ -30,14 +30,7 @@ from pigeon.ids import new_token
 from pigeon.messages import status
 from pigeon.messages.reports import StatusReport, apply_statuses
 from pigeon.messages.whatsapp import PLATFORM
-from pigeon.providers.base import (
-    BODY_LIMIT,
-    Outbound,
-    PermanentError,
-    ProviderError,
-    SendOutcome,
-    TransientError,
-)
+from pigeon.providers.base import BODY_LIMIT, Outbound, SendOutcome, provider_error
 
 log = structlog.get_logger("pigeon.worker")
 
@@ -53,12 +46,13 @@ STUCK_ERROR = {
     "description": "Message was not delivered within its validity period",
     "permanent": False,
 }
-NO_ACCOUNT_ERROR = {
-    "id": "NO_PROVIDER_ACCOUNT",
-    "name": "NO_PROVIDER_ACCOUNT",
-    "description": "the tenant's Infobip extension was disabled before the message was sent",
-    "permanent": True,
-}
+NO_ACCOUNT_ERROR = provider_error(
+    "infobip",
+    id="NO_PROVIDER_ACCOUNT",
+    name="NO_PROVIDER_ACCOUNT",
+    description="the tenant's Infobip extension was disabled before the message was sent",
+    permanent=True,
+)
 
 
 async def _first_of(*events: asyncio.Event, within: float) -> None:
@@ -69,24 +63,6 @@ async def _first_of(*events: asyncio.Event, within: float) -> None:
     finally:
         for waiter in waiters:
             waiter.cancel()
-
-
-def _outcomes_for_error(batch: Sequence[Outbound], exc: ProviderError) -> list[SendOutcome]:
-    """A whole-request failure, as one outcome per message."""
-    error = exc.error or {"description": exc.reason, "permanent": isinstance(exc, PermanentError)}
-    if isinstance(exc, TransientError):
-        return [
-            SendOutcome(
-                m.message_id,
-                status.ACCEPTED,
-                error=error,
-                call=exc.call,
-                transient=True,
-                retry_after=exc.retry_after,
-            )
-            for m in batch
-        ]
-    return [SendOutcome(m.message_id, status.REJECTED, error=error, call=exc.call) for m in batch]
 
 
 def _response_text(outcome: SendOutcome) -> str | None:
@@ -185,61 +161,63 @@ class Worker:
         )
 
     async def _send_group(self, owner: str, group: list[Outbound]) -> None:
+        channel = group[0].channel
         async with self.engine.begin() as conn:  # may create the platform webhook token
-            provider = await self.registry.for_owner(conn=conn, owner=owner)
-        if provider is None:
+            route = await self.registry.route_for(conn=conn, owner=owner, channel=channel)
+        if route is None:
             outcomes = [
                 SendOutcome(m.message_id, status.REJECTED, error=NO_ACCOUNT_ERROR) for m in group
             ]
             await self._record(group, outcomes, provider_name="none")
             return
-        try:
-            with metrics.provider_request(provider.name, group[0].channel):
-                outcomes = await provider.send(group)
-        except ProviderError as exc:
-            log.warning(
-                "provider refused a batch",
-                provider=provider.name,
+        routed = await route.send(group)
+        passed = routed.passed
+        for leg in routed.legs:
+            await self._record(group, leg.outcomes, provider_name=leg.provider, passed=passed)
+            passed = []
+            log.info(
+                "batch sent",
+                provider=leg.provider,
                 owner=owner,
-                count=len(group),
-                reason=exc.reason,
-                transient=isinstance(exc, TransientError),
+                channel=channel,
+                count=len(leg.outcomes),
+                accepted=sum(not o.transient and not o.status.is_final for o in leg.outcomes),
             )
-            outcomes = _outcomes_for_error(group, exc)
-        await self._record(group, outcomes, provider_name=provider.name)
-        log.info(
-            "batch sent",
-            provider=provider.name,
-            owner=owner,
-            channel=group[0].channel,
-            count=len(group),
-            accepted=sum(not o.transient and not o.status.is_final for o in outcomes),
-        )
 
     async def _record(
-        self, group: Sequence[Outbound], outcomes: Sequence[SendOutcome], *, provider_name: str
+        self,
+        group: Sequence[Outbound],
+        outcomes: Sequence[SendOutcome],
+        *,
+        provider_name: str,
+        passed: Sequence[tuple[str, SendOutcome]] = (),
     ) -> None:
-        """One transaction: an attempt row per message, then new statuses or retries, in bulk."""
+        """One transaction: an attempt row per message, then new statuses or retries, in bulk.
+
+        `passed` are earlier providers' transient answers that the route failed over from:
+        attempt rows only.
+        """
         now = utcnow()
+        answers = [*passed, *((provider_name, outcome) for outcome in outcomes)]
         attempts = [
             {
                 "message_id": outcome.message_id,
                 "worker_id": self.worker_id,
-                "provider": provider_name,
+                "provider": provider,
                 "at": now,
                 "duration_ms": outcome.call.duration_ms if outcome.call else None,
                 "outcome": (
                     "transient"
                     if outcome.transient
                     else "rejected"
-                    if outcome.status.is_final
+                    if outcome.status.is_final and outcome.status.group != status.Group.DELIVERED
                     else "accepted"
                 ),
                 "http_status": outcome.call.http_status if outcome.call else None,
                 "response": _response_text(outcome),
                 "error": outcome.error,
             }
-            for outcome in outcomes
+            for provider, outcome in answers
         ]
         done = [o for o in outcomes if not o.transient]
         later = [o for o in outcomes if o.transient]

@@ -8,10 +8,11 @@ from typing import Any
 from sqlalchemy import Row, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pigeon.db.tables import message_events, messages
+from pigeon.db.tables import delivery_attempts, message_events, messages
 from pigeon.errors import NotFound, field_error
 from pigeon.messages.schemas import (
     CHANNELS,
+    DeliveryAttempt,
     Message,
     MessageList,
     MessageSummary,
@@ -39,6 +40,7 @@ def _summary_fields(row: Row[Any]) -> dict[str, Any]:
         "status": status_for(row.status_id, row.group_id),
         "error": row.error,
         "attempts": row.attempts,
+        "provider": row.provider,
         "providerMessageId": row.provider_message_id,
         "createdAt": row.created_at,
         "updatedAt": row.updated_at,
@@ -66,7 +68,28 @@ async def get_message(*, conn: AsyncConnection, account_id: str, message_id: str
         StatusEvent(status=status_for(e.status_id), at=e.at, source=e.source, detail=e.detail)
         for e in events
     ]
-    return Message(**_summary_fields(row), content=row.content, history=history)
+    tries = await conn.execute(
+        select(delivery_attempts)
+        .where(delivery_attempts.c.message_id == message_id)
+        .order_by(delivery_attempts.c.id)
+    )
+    # A tenant's own Infobip account may point anywhere: its raw answers stay in the log.
+    answers_shown = row.route == "platform"
+    attempts = [
+        DeliveryAttempt(
+            at=a.at,
+            provider=a.provider,
+            outcome=a.outcome,
+            httpStatus=a.http_status,
+            durationMs=a.duration_ms,
+            error=a.error,
+            response=a.response if answers_shown else None,
+        )
+        for a in tries
+    ]
+    return Message(
+        **_summary_fields(row), content=row.content, history=history, deliveryAttempts=attempts
+    )
 
 
 async def list_messages(

@@ -100,6 +100,19 @@ class StatusEvent(msgspec.Struct):
     detail: Any | None = None
 
 
+class DeliveryAttempt(msgspec.Struct):
+    """One try at handing the message to a provider."""
+
+    at: datetime
+    provider: str
+    outcome: str  # accepted, rejected, transient or skipped
+    httpStatus: int | None
+    durationMs: float | None
+    error: dict[str, Any] | None
+    # The provider's answer (an SMTP relay's `250 ... queued as ...`); platform providers only.
+    response: str | None = None
+
+
 class MessageSummary(msgspec.Struct):
     messageId: str
     channel: Channel
@@ -109,6 +122,7 @@ class MessageSummary(msgspec.Struct):
     status: Status
     error: dict[str, Any] | None
     attempts: int
+    provider: str | None
     providerMessageId: str | None
     createdAt: datetime
     updatedAt: datetime
@@ -119,6 +133,7 @@ class MessageSummary(msgspec.Struct):
 class Message(MessageSummary):
     content: dict[str, Any]
     history: list[StatusEvent]
+    deliveryAttempts: list[DeliveryAttempt] = msgspec.field(default_factory=list)
 
 
 class MessageList(msgspec.Struct):

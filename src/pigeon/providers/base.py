@@ -1,8 +1,34 @@
-"""The provider contract: send a batch, say for each message what happened."""
+"""The provider contract: what every provider adapter does, and the shapes it answers in.
+
+A provider is one module (`sandbox`, `infobip`, `twilio`, `smtp`) with a class that
+implements `Provider`:
+
+- `send(batch)` takes claimed messages of one channel and answers one `SendOutcome` per
+  message, in any order: accepted (a PENDING status and the provider's id; or, for a provider
+  whose acceptance is final, like an SMTP relay's 250, that final status), refused for good
+  (a final status and the error), or not taken now (`transient=True`: a timeout, a broken
+  connection, 429 or 5xx). When a whole request fails it may raise `TransientError` or
+  `PermanentError` instead; the dispatcher then gives every message of the batch that outcome.
+- `poll_reports(conn=...)` returns reports the provider has without a webhook (the sandbox);
+  providers that post webhooks return nothing here and have their own webhook route.
+- `aclose()` releases what the provider holds (pooled connections).
+
+A provider translates its own vocabulary (status codes, error formats) inside its module and
+never decides about retries or failover: the dispatcher (`pigeon.dispatch.routing`) does.
+
+Every refusal, at send time or in a later report, is stored and returned in one shape, built
+by `provider_error`: `provider`, `id` (the provider's code), `name`, `description`,
+`permanent`, and `raw` (the provider's own error object as it parsed, None when its answer was
+not in its error format); `httpStatus` when an HTTP answer carried it, and a provider's extra
+members beside them (Infobip's `violations`, an SMTP server's `stage`).
+
+The Infobip People sync (CDP) is a separate contract, `PeopleSync`, that only Infobip (and
+the sandbox standing in for it) implements.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -10,6 +36,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.messages.reports import StatusReport
 from pigeon.messages.status import Status
+
+CHANNELS = ("sms", "whatsapp", "email")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +54,12 @@ class Outbound:
 
 
 BODY_LIMIT = 2000
+DESCRIPTION_LIMIT = 500
 
 
 @dataclass(frozen=True, slots=True)
 class ProviderCall:
-    """One HTTP exchange with a provider, kept as the message's attempt log."""
+    """One exchange with a provider (HTTP or SMTP), kept as the message's attempt log."""
 
     http_status: int | None
     body: str
@@ -43,12 +72,59 @@ class ProviderCall:
         return cls(http_status, text[:BODY_LIMIT], round(duration_ms, 1))
 
 
+def provider_error(
+    provider: str,
+    *,
+    id: str | int,
+    name: str,
+    description: str,
+    permanent: bool,
+    raw: Any = None,
+    http_status: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A provider's refusal in Pigeon's one error shape (see the module docstring)."""
+    error: dict[str, Any] = {
+        "provider": provider,
+        "id": id,
+        "name": name,
+        "description": description[:DESCRIPTION_LIMIT],
+        "permanent": permanent,
+        "raw": raw,
+    }
+    if http_status is not None:
+        error["httpStatus"] = http_status
+    error.update(extra)
+    return error
+
+
+def normalised_error(provider: str, error: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Any error dict in the one shape: the members it lacks filled in, nothing it has lost."""
+    if error is None:
+        return None
+    if "provider" in error and "raw" in error:
+        return dict(error)
+    found = dict(error)
+    code = found.pop("id", None)
+    return provider_error(
+        str(found.pop("provider", provider)),
+        id=code if code is not None else "ERROR",
+        name=str(found.pop("name", None) or code or "ERROR"),
+        description=str(found.pop("description", "") or ""),
+        permanent=bool(found.pop("permanent", True)),
+        raw=found.pop("raw", None),
+        http_status=found.pop("httpStatus", None),
+        **found,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SendOutcome:
     """The provider's answer for one message.
 
-    Accepted: a PENDING status and the provider's id. Refused for good: a final status (REJECTED)
-    and the provider's error. Not taken this time: `transient=True` (the dispatcher retries).
+    Accepted: a PENDING status (or a final DELIVERED one) and the provider's id. Refused for
+    good: a final status (REJECTED, UNDELIVERABLE) and the provider's error. Not taken this
+    time: `transient=True` (the dispatcher fails over, or retries after a backoff).
     """
 
     message_id: str
@@ -62,7 +138,7 @@ class SendOutcome:
 
 
 class ProviderError(Exception):
-    """A provider refused a whole request; carries its error object and the HTTP exchange."""
+    """A provider refused a whole request; carries its error object and the exchange."""
 
     def __init__(
         self,
@@ -100,14 +176,23 @@ class Provider(Protocol):
     """One module per provider implements this; only the dispatcher decides about retries."""
 
     name: str
+    channels: frozenset[str]
 
     async def send(self, batch: Sequence[Outbound]) -> list[SendOutcome]:
-        """Send a batch; raise TransientError when none of it could be sent now."""
+        """Send a batch of one channel; raise TransientError when none of it could be sent."""
         ...
 
     async def poll_reports(self, *, conn: AsyncConnection) -> list[StatusReport]:
         """Status reports the provider has for us without a webhook (empty for most)."""
         ...
+
+    async def aclose(self) -> None:
+        """Release pooled connections (nothing to do for most)."""
+        ...
+
+
+class PeopleSync(Protocol):
+    """The Infobip People API (CDP sync): create or update the person for an identity."""
 
     async def upsert_person(
         self,
@@ -118,5 +203,5 @@ class Provider(Protocol):
         phones: list[str],
         emails: list[str],
     ) -> ProviderCall:
-        """Create or update the provider's CRM person for one of our identities (CDP sync)."""
+        """Create or update the provider's CRM person for one of our identities."""
         ...

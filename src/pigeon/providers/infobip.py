@@ -31,6 +31,7 @@ from pigeon.providers.base import (
     ProviderCall,
     SendOutcome,
     TransientError,
+    provider_error,
 )
 
 SMS_PATH = "/sms/3/messages"
@@ -153,36 +154,39 @@ def parse_error(body: Any, http_status: int | None) -> dict[str, Any]:
         )
         if isinstance(service, Mapping):
             code = service.get("messageId") or _status_name(http_status)
-            return {
-                "id": code,
-                "name": code,
-                "description": service.get("text") or "",
-                "permanent": permanent,
-                "violations": _legacy_violations(service.get("validationErrors")),
-            }
+            return provider_error(
+                "infobip",
+                id=code,
+                name=code,
+                description=service.get("text") or "",
+                permanent=permanent,
+                raw=dict(body),
+                violations=_legacy_violations(service.get("validationErrors")),
+            )
         if "errorCode" in body:
             violations = body.get("violations")
-            error = {
-                "id": str(body["errorCode"]),
-                "name": _status_name(http_status),
-                "description": body.get("description") or body.get("errorMessage") or "",
-                "permanent": permanent,
-                "violations": list(violations) if isinstance(violations, list) else [],
-            }
-            for extra in ("action", "resources"):
-                if body.get(extra):
-                    error[extra] = body[extra]
-            return error
+            extras = {k: body[k] for k in ("action", "resources") if body.get(k)}
+            return provider_error(
+                "infobip",
+                id=str(body["errorCode"]),
+                name=_status_name(http_status),
+                description=body.get("description") or body.get("errorMessage") or "",
+                permanent=permanent,
+                raw=dict(body),
+                violations=list(violations) if isinstance(violations, list) else [],
+                **extras,
+            )
     # Not an Infobip error: its body stays in the attempt log, never in what the tenant sees
     # (it may be anything the URL's server had to say, an internal service's page included).
     name = _status_name(http_status)
-    return {
-        "id": name,
-        "name": name,
-        "description": f"HTTP {http_status} {_phrase(http_status)}, not an Infobip error answer",
-        "permanent": permanent,
-        "violations": [],
-    }
+    return provider_error(
+        "infobip",
+        id=name,
+        name=name,
+        description=f"HTTP {http_status} {_phrase(http_status)}, not an Infobip error answer",
+        permanent=permanent,
+        violations=[],
+    )
 
 
 def _describe(error: Mapping[str, Any]) -> str:
@@ -201,23 +205,25 @@ def _problem(reply: _Reply) -> _Problem | None:
         return None
     if reply.refused:
         failure = reply.failure or "not allowed"
-        error = {
-            "id": "URL_NOT_ALLOWED",
-            "name": "URL_NOT_ALLOWED",
-            "description": f"Pigeon refuses to call this Infobip account's {failure}",
-            "permanent": True,
-            "violations": [],
-        }
+        error = provider_error(
+            "infobip",
+            id="URL_NOT_ALLOWED",
+            name="URL_NOT_ALLOWED",
+            description=f"Pigeon refuses to call this Infobip account's {failure}",
+            permanent=True,
+            violations=[],
+        )
         return _Problem(f"refused to call the account's {failure}", error, False, None)
     if reply.http_status is None:
         failure = reply.failure or "no answer"
-        error = {
-            "id": "NO_RESPONSE",
-            "name": "NO_RESPONSE",
-            "description": failure,
-            "permanent": False,
-            "violations": [],
-        }
+        error = provider_error(
+            "infobip",
+            id="NO_RESPONSE",
+            name="NO_RESPONSE",
+            description=failure,
+            permanent=False,
+            violations=[],
+        )
         return _Problem(f"Infobip did not answer: {failure}", error, True, None)
     error = parse_error(reply.body, reply.http_status)
     error["httpStatus"] = reply.http_status
@@ -243,18 +249,19 @@ def _rejection(entry: Mapping[str, Any], found: Status) -> dict[str, Any]:
     """The error for a destination Infobip refused inside a 2xx answer."""
     raw = entry.get("status")
     said: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-    error: dict[str, Any] = {
-        "groupId": found.groupId,
-        "groupName": found.groupName,
-        "id": found.id,
-        "name": said.get("name") or found.name,
-        "description": said.get("description") or found.description,
-        "permanent": True,
-        "violations": [],
-    }
-    if said.get("action"):
-        error["action"] = said["action"]
-    return error
+    extras = {"action": said["action"]} if said.get("action") else {}
+    return provider_error(
+        "infobip",
+        id=found.id,
+        name=said.get("name") or found.name,
+        description=said.get("description") or found.description,
+        permanent=True,
+        raw=dict(said) or None,
+        groupId=found.groupId,
+        groupName=found.groupName,
+        violations=[],
+        **extras,
+    )
 
 
 def _accepted(
@@ -321,6 +328,7 @@ class InfobipProvider:
     """Sends through one Infobip account on a shared httpx client."""
 
     name = "infobip"
+    channels = frozenset({"sms", "whatsapp", "email"})
 
     def __init__(self, account: InfobipAccount, client: httpx.AsyncClient) -> None:
         self.account = account
@@ -354,6 +362,9 @@ class InfobipProvider:
     async def poll_reports(self, *, conn: AsyncConnection) -> list[StatusReport]:
         """Nothing to poll: Infobip posts its reports to our webhook."""
         return []
+
+    async def aclose(self) -> None:
+        """The HTTP client is the registry's."""
 
     async def upsert_person(
         self,
@@ -538,13 +549,14 @@ def _template_content(template: Mapping[str, Any]) -> dict[str, Any]:
 
 def _no_sender(message: Outbound, channel: str) -> SendOutcome:
     """A message we cannot send because neither it nor the account names a sender."""
-    error = {
-        "id": "NO_SENDER",
-        "name": "NO_SENDER",
-        "description": f"No {channel} sender configured for this Infobip account",
-        "permanent": True,
-        "violations": [],
-    }
+    error = provider_error(
+        "infobip",
+        id="NO_SENDER",
+        name="NO_SENDER",
+        description=f"No {channel} sender configured for this Infobip account",
+        permanent=True,
+        violations=[],
+    )
     return SendOutcome(message.message_id, status.REJECTED_SOURCE, error=error)
 
 

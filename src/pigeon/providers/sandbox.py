@@ -27,7 +27,13 @@ from pigeon.db.tables import messages
 from pigeon.messages import status
 from pigeon.messages.reports import StatusReport
 from pigeon.messages.status import Status
-from pigeon.providers.base import Outbound, ProviderCall, SendOutcome
+from pigeon.providers.base import (
+    Outbound,
+    ProviderCall,
+    SendOutcome,
+    normalised_error,
+    provider_error,
+)
 
 NO_ERROR = {
     "groupId": 0,
@@ -61,6 +67,18 @@ DESTINATION_REJECTED = {
     "description": "Destination rejected by the sandbox (magic destination)",
     "permanent": True,
 }
+
+# A refusal at send time, in the one error shape (reports keep Infobip's own error objects).
+REFUSED_AT_SEND = provider_error(
+    "sandbox",
+    id=5002,
+    name="EC_DESTINATION_REJECTED",
+    description="Destination rejected by the sandbox (magic destination)",
+    permanent=True,
+    raw=DESTINATION_REJECTED,
+    groupId=2,
+    groupName="USER_ERRORS",
+)
 
 _OUTCOMES: dict[str, tuple[Status, dict[str, Any]]] = {
     "undeliverable": (status.UNDELIVERABLE, ABSENT_SUBSCRIBER),
@@ -97,17 +115,18 @@ def final_report(
         "error": error or NO_ERROR,
         "doneAt": utcnow().isoformat(),
     }
-    return StatusReport(message_id=message_id, status=final, error=error, raw=raw)
+    shaped = normalised_error("sandbox", {**error, "raw": error}) if error else None
+    return StatusReport(message_id=message_id, status=final, error=shaped, raw=raw)
 
 
 class SandboxProvider:
     """Accepts everything (but magic rejections) and reports outcomes after a delay."""
 
     name = "sandbox"
+    channels = frozenset({"sms", "whatsapp", "email"})
 
     def __init__(self, *, report_delay: float) -> None:
         self._delay = timedelta(seconds=report_delay)
-        self.persons: dict[str, dict[str, Any]] = {}
 
     async def send(self, batch: Sequence[Outbound]) -> list[SendOutcome]:
         """Accept the batch; magic `rejected` destinations are refused at once, like Infobip."""
@@ -117,12 +136,36 @@ class SandboxProvider:
             if magic_outcome(message.destination) == "rejected":
                 outcomes.append(
                     SendOutcome(
-                        message.message_id, status.REJECTED, provider_id, error=DESTINATION_REJECTED
+                        message.message_id, status.REJECTED, provider_id, error=REFUSED_AT_SEND
                     )
                 )
             else:
                 outcomes.append(SendOutcome(message.message_id, status.ENROUTE, provider_id))
         return outcomes
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+    async def poll_reports(self, *, conn: AsyncConnection) -> list[StatusReport]:
+        """Delivery reports for sandbox messages that have been en route long enough."""
+        due = utcnow() - self._delay
+        rows = await conn.execute(
+            select(messages.c.id, messages.c.destination, messages.c.provider_message_id)
+            .where(
+                messages.c.provider == self.name,
+                messages.c.status_id == status.ENROUTE.id,
+                messages.c.sent_at <= due,
+            )
+            .limit(500)
+        )
+        return [final_report(r.id, r.destination, r.provider_message_id) for r in rows]
+
+
+class SandboxPeople:
+    """The People sync standing in for Infobip's: persons kept in memory, always synced."""
+
+    def __init__(self) -> None:
+        self.persons: dict[str, dict[str, Any]] = {}
 
     async def upsert_person(
         self,
@@ -141,17 +184,3 @@ class SandboxProvider:
             "emails": emails,
         }
         return ProviderCall.of(200, f'{{"externalId": "{external_id}"}}', 0.0)
-
-    async def poll_reports(self, *, conn: AsyncConnection) -> list[StatusReport]:
-        """Delivery reports for sandbox messages that have been en route long enough."""
-        due = utcnow() - self._delay
-        rows = await conn.execute(
-            select(messages.c.id, messages.c.destination, messages.c.provider_message_id)
-            .where(
-                messages.c.provider == self.name,
-                messages.c.status_id == status.ENROUTE.id,
-                messages.c.sent_at <= due,
-            )
-            .limit(500)
-        )
-        return [final_report(r.id, r.destination, r.provider_message_id) for r in rows]

@@ -20,6 +20,7 @@ from pigeon.ids import new_token
 from pigeon.messages import whatsapp
 from pigeon.messages.reports import StatusReport, apply_statuses
 from pigeon.messages.status import Status, status_for
+from pigeon.providers.base import normalised_error
 from pigeon.webhooks.schemas import DeliveryReports, InboundMessages, WebhookAnswer
 
 log = structlog.get_logger("pigeon.webhooks")
@@ -105,6 +106,13 @@ def _reported_status(report: Any) -> Status:
     return known
 
 
+def _report_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A report's error in the one shape, Infobip's own object kept as its raw; None for 0."""
+    if not error or error.get("id") in (0, None):
+        return None
+    return normalised_error("infobip", {**error, "raw": dict(error)})
+
+
 def report_lookup(reported: set[str]) -> Select[Any]:
     """The messages a set of reported ids can name: by our id or by the provider's.
 
@@ -144,7 +152,7 @@ async def apply_reports(
             unknown += 1
             log.warning("report for unknown message", owner=owner, message_id=item.messageId)
             continue
-        error = item.error if item.error and item.error.get("id") not in (0, None) else None
+        error = _report_error(item.error)
         reports.append(StatusReport(message_id, _reported_status(item), error, original))
     applied = await apply_statuses(conn=conn, reports=reports, source="report")
     stale = len(reports) - applied

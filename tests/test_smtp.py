@@ -241,3 +241,30 @@ def test_connections_are_pooled_and_reused(api: httpx.Client, relay: FakeRelay) 
         assert wait_for_final(api, message_id)["status"]["name"] == "DELIVERED_TO_OPERATOR"
 
     assert 1 <= len(sessions) <= 2  # PIGEON_SMTP_POOL_SIZE=2
+
+
+def test_a_refused_login_rejects_the_email_without_sending_it(
+    tmp_path: Any, databases: Databases, relay: FakeRelay
+) -> None:
+    srv = make_server(
+        tmp_path,
+        PIGEON_EMAIL_PROVIDERS="smtp",
+        PIGEON_SMTP_HOST="127.0.0.1",
+        PIGEON_SMTP_PORT=str(relay.port),
+        PIGEON_SMTP_USERNAME=USERNAME,
+        PIGEON_SMTP_PASSWORD="not-the-password",
+        PIGEON_EMAIL_SENDER=SENDER,
+        SSL_CERT_FILE=str(relay.cert_file),
+    )
+    srv.start()
+    try:
+        with srv.client(create_tenant(srv).api_key) as api:
+            message_id = send_email(api, "locked-out@example.com", subject="Hi", text="Hi")
+            final = wait_for_final(api, message_id)
+    finally:
+        srv.stop()
+
+    assert final["status"]["name"] == "REJECTED_SOURCE"
+    assert final["error"]["stage"] == "AUTH"
+    assert final["error"]["id"] == "535"
+    assert relay.received == []

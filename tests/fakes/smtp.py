@@ -165,7 +165,8 @@ class FakeRelay:
             self.logins[id(session)] = self.username
         else:
             self.failed_logins += 1
-        return AuthResult(success=ok)
+        # handled=False: aiosmtpd answers the refusal itself (535 5.7.8).
+        return AuthResult(success=ok, handled=False)
 
 
 class _Handler:

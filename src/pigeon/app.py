@@ -18,7 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon import __version__, metrics
 from pigeon.accounts.service import KeyAuthenticator
-from pigeon.api import extensions, health, identities, messages, users, webhooks
+from pigeon.api import (
+    events,
+    extensions,
+    health,
+    identities,
+    messages,
+    users,
+    webhook_endpoints,
+    webhooks,
+)
 from pigeon.api.deps import Services, provide_account_id
 from pigeon.api.problems import EXCEPTION_HANDLERS
 from pigeon.api.sendpath import SendFastPath
@@ -122,6 +131,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             extensions.router,
             webhooks.router,
             webhooks.twilio_router,
+            events.router,
+            webhook_endpoints.router,
             health.health,
             health.ready,
             health.prometheus,

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
 
     console_session_seconds: int = Field(default=8 * 3600, ge=60)
 
+    event_retention_seconds: int = Field(default=30 * 24 * 3600, ge=60)
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    # Seconds to wait before each attempt (Standard Webhooks' schedule); jitter is added.
+    webhook_retry_schedule: str = "0,5,300,1800,7200,18000,36000,50400,72000,86400"
+    webhook_disable_after_seconds: float = Field(default=5 * 24 * 3600, gt=0)
+    webhook_endpoint_concurrency: int = Field(default=8, ge=1, le=256)
+
     log_level: str = "INFO"
     log_json: bool = False
 
@@ -78,6 +85,22 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in value.split(",")]
+        except ValueError:
+            raise ValueError("must be seconds separated by commas, like 0,5,300") from None
+        if not delays or any(delay < 0 for delay in delays):
+            raise ValueError("must list at least one delay, none negative")
+        return value
+
+    @cached_property
+    def retry_schedule(self) -> tuple[float, ...]:
+        """PIGEON_WEBHOOK_RETRY_SCHEDULE as numbers: the delay before each attempt."""
+        return tuple(float(part) for part in self.webhook_retry_schedule.split(","))
 
     @model_validator(mode="after")
     def _infobip_needs_an_account(self) -> Settings:

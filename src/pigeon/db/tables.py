@@ -108,6 +108,8 @@ users = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_users_account_id_id", "account_id", "id"),
     Index("uq_users_account_id_username", "account_id", "username", unique=True),
+    # Inbound WhatsApp to the platform's number finds the Users who wrote (their tenants' event).
+    Index("ix_users_channel_whatsapp", "channel_whatsapp"),
 )
 
 infobip_extensions = Table(
@@ -246,4 +248,79 @@ platform_state = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# Events to tenants (issue 14): each row is written in the transaction of the change it tells.
+events = Table(
+    "events",
+    metadata,
+    # The order events were written in: what the stream tails and the list pages by.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(32), nullable=False, unique=True),
+    Column("account_id", String(24), ForeignKey("accounts.id"), nullable=False),
+    Column("type", String(40), nullable=False),
+    # The message the event is about (Infobip's id for an inbound WhatsApp message).
+    Column("message_id", String(100)),
+    Column("created_at", UTCDateTime(), nullable=False, index=True),
+    # The event exactly as every delivery posts it: the signed bytes never change.
+    Column("body", Text, nullable=False),
+    Index("ix_events_account_id_seq", "account_id", "seq"),
+)
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(24), primary_key=True),
+    Column("account_id", String(24), ForeignKey("accounts.id"), nullable=False),
+    Column("url", String(2000), nullable=False),
+    Column("events", JSON),  # the subscribed event types; None: all of them
+    Column("description", String(500), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("disabled_reason", String(200)),
+    Column("secret", Text, nullable=False),  # encrypted (extensions/crypto.py)
+    Column("previous_secret", Text),  # encrypted; signs too until rotated_at + the overlap
+    Column("rotated_at", UTCDateTime()),
+    # The first failed attempt since the last success: an endpoint failing for too long is
+    # disabled.
+    Column("failing_since", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_webhook_endpoints_account_id_id", "account_id", "id"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(32), nullable=False, index=True),
+    Column("endpoint_id", String(24), nullable=False),
+    Column("state", String(10), nullable=False),  # pending, succeeded, failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+    Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery_id", Integer, nullable=False, index=True),
+    Column("endpoint_id", String(24), nullable=False),
+    Column("event_id", String(32), nullable=False),
+    Column("event_type", String(40), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("worker_id", String(64), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("http_status", Integer),
+    Column("error", Text),
+    Column("duration_ms", Float),
+    Column("response", Text),
+    Column("state", String(10), nullable=False),  # the delivery's state after this attempt
+    Column("next_attempt_at", UTCDateTime()),
+    Index("ix_webhook_attempts_endpoint_id_id", "endpoint_id", "id"),
 )

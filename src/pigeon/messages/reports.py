@@ -13,6 +13,8 @@ from pigeon import metrics
 from pigeon.clock import utcnow
 from pigeon.db.bulk import insert_rows, update_rows
 from pigeon.db.tables import message_events, messages
+from pigeon.events.catalogue import message_event_type
+from pigeon.events.service import NewEvent, message_event, record_events
 from pigeon.messages.status import Group, Status, can_move, status_for
 
 
@@ -61,7 +63,9 @@ _TRACKED = (
 )
 
 
-_FACTS = ("channel", "created_at")  # read for the metrics of final statuses, never written
+# Read, never written here: for the metrics of final statuses, and what a tenant's event says
+# about the message.
+_FACTS = ("account_id", "channel", "destination", "recipient_type", "recipient_id", "created_at")
 
 
 def _locked_rows(ids: list[str], dialect: str) -> Select[Any]:
@@ -88,9 +92,10 @@ async def apply_statuses(
 
     The rows are read under lock (FOR UPDATE on PostgreSQL; SQLite's writer holds the file),
     every change is decided here with the forward-only rule, then one statement updates the
-    rows and one inserts the events. `sent` carries what a worker learned per message (the
-    provider's id, cleared lease), applied whether or not the status moves; with `attempted`
-    each of those messages also counts one more attempt, from the locked row.
+    rows and one inserts the history; the tenants' events (sent, delivered, failed) are written
+    by the same transaction, in the order of the changes. `sent` carries what a worker learned
+    per message (the provider's id, cleared lease), applied whether or not the status moves;
+    with `attempted` each of those messages also counts one more attempt, from the locked row.
     """
     sent = sent or {}
     ids = sorted({r.message_id for r in reports} | set(sent))
@@ -99,9 +104,10 @@ async def apply_statuses(
     rows = await conn.execute(_locked_rows(ids, conn.dialect.name))
     names = tuple(rows.keys())
     state = {row[0]: dict(zip(names, row, strict=True)) for row in rows}
-    facts = {mid: (row.pop("channel"), row.pop("created_at")) for mid, row in state.items()}
+    facts = {mid: {name: row.pop(name) for name in _FACTS} for mid, row in state.items()}
     now = utcnow()
     events: list[dict[str, Any]] = []
+    tenant_events: list[NewEvent] = []
     finals: list[metrics.Final] = []
     changed: set[str] = set()
     for message_id, values in sent.items():
@@ -113,11 +119,17 @@ async def apply_statuses(
             changed.add(message_id)
     for report in reports:
         row = state.get(report.message_id)
-        if row is None or not can_move(
-            status_for(row["status_id"], row["group_id"]), report.status
-        ):
+        if row is None:
+            continue
+        before = status_for(row["status_id"], row["group_id"])
+        if not can_move(before, report.status):
             continue
         _move_row(row, report, now)
+        about = facts[report.message_id]
+        event_type = message_event_type(about["channel"], before, report.status)
+        if event_type is not None:
+            message = {**row, **about}
+            tenant_events.append(message_event(event_type, message, report.status, now))
         changed.add(report.message_id)
         events.append(
             {
@@ -129,12 +141,14 @@ async def apply_statuses(
             }
         )
         if report.status.is_final:
-            channel, created_at = facts[report.message_id]
-            finals.append(metrics.Final(channel, report.status.group.name, created_at, now))
+            finals.append(
+                metrics.Final(about["channel"], report.status.group.name, about["created_at"], now)
+            )
     if changed:
         updates = [{**state[mid], "updated_at": now} for mid in sorted(changed)]
         await conn.run_sync(update_rows, messages, updates)
     await conn.run_sync(insert_rows, message_events, events)
+    await record_events(conn=conn, new_events=tenant_events)
     if finals:
         metrics.on_commit(conn, lambda: metrics.count_finals(finals))
     return len(events)

@@ -14,8 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon import metrics
 from pigeon.clock import utcnow
-from pigeon.db.tables import accounts, messages, platform_state
+from pigeon.db.tables import accounts, messages, platform_state, users
 from pigeon.errors import Unauthorized
+from pigeon.events.catalogue import WHATSAPP_RECEIVED
+from pigeon.events.service import NewEvent, record_events
 from pigeon.ids import new_token
 from pigeon.messages import whatsapp
 from pigeon.messages.reports import StatusReport, apply_statuses
@@ -76,19 +78,66 @@ def parse_received_at(value: str | None) -> datetime:
     return min(moment, now)
 
 
+async def _writers(
+    *, conn: AsyncConnection, owner: str, numbers: set[str]
+) -> dict[str, list[tuple[str, str | None]]]:
+    """Who gets told a number wrote: (account, user id) for each customer number.
+
+    A tenant's own number tells that tenant; the platform's number tells each tenant with a
+    User of that WhatsApp number (and no one when the writer is no tenant's User).
+    """
+    if owner != whatsapp.PLATFORM:
+        return {number: [(owner, None)] for number in numbers}
+    found: dict[str, list[tuple[str, str | None]]] = {}
+    rows = await conn.execute(
+        select(users.c.channel_whatsapp, users.c.account_id, users.c.id)
+        .where(users.c.channel_whatsapp.in_(sorted(numbers)))
+        .order_by(users.c.id)
+    )
+    for row in rows:
+        found.setdefault(row.channel_whatsapp, []).append((row.account_id, row.id))
+    return found
+
+
+def _received_data(
+    item: Any, original: dict[str, Any], user_id: str | None, received_at: datetime
+) -> dict[str, Any]:
+    return {
+        "messageId": item.messageId,
+        "channel": "whatsapp",
+        "from": _digits(item.from_),
+        "to": _digits(item.to),
+        "recipient": {"type": "user", "id": user_id} if user_id else None,
+        "receivedAt": received_at,
+        "message": original.get("message"),
+        "contact": original.get("contact"),
+    }
+
+
 async def record_inbound(
     *, conn: AsyncConnection, owner: str, payload: InboundMessages, raw: list[dict[str, Any]]
 ) -> WebhookAnswer:
-    """Record each inbound WhatsApp message as an interaction opening the 24-hour window."""
+    """Record each inbound WhatsApp message as an interaction opening the 24-hour window, and
+    tell the tenant it concerns (`whatsapp.message.received`) in the same transaction."""
+    now = utcnow()
+    writers = await _writers(
+        conn=conn, owner=owner, numbers={_digits(item.from_) for item in payload.results}
+    )
+    received: list[NewEvent] = []
     for item, original in zip(payload.results, raw, strict=True):
+        received_at = parse_received_at(item.receivedAt)
         await whatsapp.record_inbound(
             conn=conn,
             owner=owner,
             business_number=_digits(item.to),
             customer_number=_digits(item.from_),
-            received_at=parse_received_at(item.receivedAt),
+            received_at=received_at,
             message=original,
         )
+        for account_id, user_id in writers.get(_digits(item.from_), ()):
+            data = _received_data(item, original, user_id, received_at)
+            received.append(NewEvent(account_id, WHATSAPP_RECEIVED, item.messageId, data, now))
+    await record_events(conn=conn, new_events=received)
     log.info("inbound recorded", owner=owner, count=len(payload.results))
     return WebhookAnswer(received=len(payload.results), applied=len(payload.results))
 

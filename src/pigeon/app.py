@@ -34,6 +34,7 @@ from pigeon.api.sendpath import SendFastPath
 from pigeon.config import Settings
 from pigeon.console import routes as console
 from pigeon.db.engine import create_engine, is_sqlite
+from pigeon.dispatch.deliveries import DeliveryWorker
 from pigeon.dispatch.worker import Worker
 from pigeon.idempotency.store import IdempotencyStore
 from pigeon.messages.accept import AcceptPipeline, AcceptWriter
@@ -95,9 +96,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             await seed_demo(engine, settings)
         stop = asyncio.Event()
         worker_task = None
+        deliveries = DeliveryWorker(engine, settings) if with_worker else None
         if with_worker:
             svc.worker = Worker(engine, settings)
             worker_task = asyncio.create_task(svc.worker.run(stop))
+        deliveries_task = asyncio.create_task(deliveries.run(stop)) if deliveries else None
         # What startup built (routes, schemas, table metadata) lives as long as the process:
         # out of the collector's sight, a full collection under load takes far less time.
         gc.collect()
@@ -118,6 +121,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             if worker_task is not None and svc.worker is not None:
                 await worker_task
                 await svc.worker.aclose()
+            if deliveries_task is not None and deliveries is not None:
+                await deliveries_task
+                await deliveries.aclose()
             await engine.dispose()
             if reader is not engine:
                 await reader.dispose()

@@ -276,6 +276,7 @@ def worker(
 
     multiproc.own_metrics_only()  # before prometheus_client is imported
     from pigeon import metrics
+    from pigeon.dispatch.deliveries import DeliveryWorker
     from pigeon.dispatch.registry import ProviderRegistry
     from pigeon.dispatch.worker import Worker, tune_gc_for_batches
     from pigeon.serversecret import reencrypt_credentials
@@ -295,11 +296,13 @@ def worker(
         exporter = None
         if metrics_port is not None:
             exporter = await metrics.serve(engine, host="127.0.0.1", port=metrics_port)
+        deliveries = DeliveryWorker(engine, settings)
         try:
-            await asyncio.gather(*(w.run(stop) for w in loops))
+            await asyncio.gather(*(w.run(stop) for w in loops), deliveries.run(stop))
         finally:
             if exporter is not None:
                 exporter.close()
+            await deliveries.aclose()
             await registry.aclose()
             await engine.dispose()
 

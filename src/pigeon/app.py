@@ -24,6 +24,7 @@ from pigeon.api import (
     health,
     identities,
     messages,
+    stream,
     users,
     webhook_endpoints,
     webhooks,
@@ -36,6 +37,7 @@ from pigeon.console import routes as console
 from pigeon.db.engine import create_engine, is_sqlite
 from pigeon.dispatch.deliveries import DeliveryWorker
 from pigeon.dispatch.worker import Worker
+from pigeon.events.stream import StreamHub
 from pigeon.idempotency.store import IdempotencyStore
 from pigeon.messages.accept import AcceptPipeline, AcceptWriter
 from pigeon.messages.pg_accept import PostgresAcceptWriter
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             accept=AcceptPipeline(
                 accept_writer(engine, settings), on_commit=lambda: _wake(svc.worker)
             ),
+            stream=StreamHub(engine),
         )
         await reencrypt_credentials(engine, settings)
         svc.accept.start()
@@ -101,6 +104,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             svc.worker = Worker(engine, settings)
             worker_task = asyncio.create_task(svc.worker.run(stop))
         deliveries_task = asyncio.create_task(deliveries.run(stop)) if deliveries else None
+        stream_task = asyncio.create_task(svc.stream.run(stop))
         # What startup built (routes, schemas, table metadata) lives as long as the process:
         # out of the collector's sight, a full collection under load takes far less time.
         gc.collect()
@@ -121,6 +125,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             if worker_task is not None and svc.worker is not None:
                 await worker_task
                 await svc.worker.aclose()
+            await stream_task
             if deliveries_task is not None and deliveries is not None:
                 await deliveries_task
                 await deliveries.aclose()
@@ -139,6 +144,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             webhooks.twilio_router,
             events.router,
             webhook_endpoints.router,
+            stream.stream,
             health.health,
             health.ready,
             health.prometheus,

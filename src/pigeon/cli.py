@@ -236,6 +236,7 @@ def _serve(
         "port": settings.port,
         "loop": "uvloop",
         "http": HttpProtocol,
+        "ws": "websockets-sansio",  # the stream (/v1/stream)
         "access_log": False,
         "log_config": None,
         # Pigeon reads neither the client's address nor the request's scheme (its own URLs come

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pigeon.accounts.service import KeyAuthenticator
 from pigeon.config import Settings
 from pigeon.dispatch.worker import Worker
+from pigeon.events.stream import StreamHub
 from pigeon.idempotency.store import IdempotencyStore, check_key
 from pigeon.messages.accept import AcceptPipeline
 
@@ -28,6 +29,7 @@ class Services:
     auth: KeyAuthenticator
     idempotency: IdempotencyStore
     accept: AcceptPipeline
+    stream: StreamHub
     worker: Worker | None = None
 
 

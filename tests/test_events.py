@@ -448,7 +448,7 @@ def test_tenants_see_only_their_own_endpoints_and_events(
 
 
 def test_without_private_urls_internal_hosts_are_refused(tmp_path: Any, receiver: Receiver) -> None:
-    srv = make_server(tmp_path)
+    srv = make_server(tmp_path, PIGEON_ALLOW_PRIVATE_URLS="0")
     srv.start()
     try:
         tenant = create_tenant(srv)

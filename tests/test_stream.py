@@ -188,6 +188,11 @@ def insert_events(database_url: str, account_id: str, count: int) -> None:
     asyncio.run(run())
 
 
+async def drain(ws: ClientConnection, at_most: int) -> None:
+    for _ in range(at_most):
+        await asyncio.wait_for(ws.recv(), 10)
+
+
 def small_buffer_socket(port: int) -> socket.socket:
     """A connection that takes little before it stops the sender: a client that does not read
     fills it quickly."""
@@ -230,8 +235,7 @@ def test_a_client_that_does_not_read_is_dropped_and_others_are_not(
             # the server's 1008 when its close frame fitted in before the client stopped
             # reading, else closed under it (a frame cannot pass a full socket).
             with pytest.raises(ConnectionClosed) as closed:
-                for _ in range(count):
-                    await asyncio.wait_for(slow.recv(), 10)
+                await drain(slow, count)
             assert closed.value.rcvd is None or closed.value.rcvd.code == 1008
             assert "stream client too slow: disconnected" in stream_server.log_path.read_text()
             # The reader is still served.

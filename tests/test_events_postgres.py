@@ -85,6 +85,14 @@ def test_a_worker_killed_during_a_burst_of_deliveries_loses_none(
             receiver.wait_for(lambda rs: len(rs) >= 40, timeout=60)
             workers[0].send_signal(signal.SIGKILL)
             workers[0].wait(timeout=10)
+            # What the killed worker held: leased to it, not recorded. Only these may come twice.
+            held = int(
+                scalar(
+                    api.env["PIGEON_DATABASE_URL"],
+                    "SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'"
+                    f" AND lease_owner LIKE '%:{workers[0].pid}:%'",
+                )
+            )
             sender.run_until_complete(send)
         finally:
             sender.close()
@@ -101,8 +109,7 @@ def test_a_worker_killed_during_a_burst_of_deliveries_loses_none(
         assert events == expected
         ids = [r.headers["webhook-id"] for r in receiver.received]
         duplicates = len(ids) - len(set(ids))
-        # At most what the killed worker had in flight: 4 per endpoint, one endpoint.
-        assert duplicates <= 8
+        assert duplicates <= held
         pending = int(
             scalar(
                 database_url, "SELECT count(*) FROM webhook_deliveries WHERE state != 'succeeded'"
@@ -118,7 +125,10 @@ def test_a_worker_killed_during_a_burst_of_deliveries_loses_none(
                     "SELECT count(*) FROM webhook_deliveries WHERE state != 'succeeded'",
                 )
             )
-        print(f"events {events}, delivered {len(set(ids))}, duplicates {duplicates}")
+        print(
+            f"events {events}, delivered {len(set(ids))}, held by the killed worker {held}, "
+            f"duplicates {duplicates}"
+        )
     finally:
         for worker in workers:
             if worker.poll() is None:

@@ -14,7 +14,15 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.conftest import Server, make_server, wait_for_final
 from tests.databases import scalar
-from tests.factories import Tenant, create_tenant, make_user, open_whatsapp_window
+from tests.factories import (
+    Tenant,
+    create_tenant,
+    enable_extension,
+    make_person,
+    make_user,
+    open_whatsapp_window,
+    unique_phone,
+)
 from tests.fakes.receiver import Received, Receiver
 
 PLATFORM_NUMBER = "447860088593"
@@ -258,6 +266,55 @@ def test_whatsapp_and_email_events_and_inbound(
     assert wa["data"]["recipient"] == {"type": "user", "id": user["id"]}
     assert sorted(of_message(requests, email)) == ["email.message.delivered", "email.message.sent"]
     assert of_message(requests, failed_email) == ["email.message.failed"]
+
+
+def test_person_events_and_the_tenants_own_number(
+    events_server: Server, api: httpx.Client, receiver: Receiver
+) -> None:
+    create_endpoint(
+        api,
+        receiver.url,
+        events=["whatsapp.message.received", "whatsapp.message.sent", "whatsapp.message.failed"],
+    )
+    extension = enable_extension(api)
+    inbound = extension["webhooks"]["inbound"].replace(events_server.base_url, "")
+    phone = unique_phone()[:-4] + "0002"  # the sandbox's undeliverable suffix
+    person = make_person(api, phone=phone)
+    open_whatsapp_window(api, inbound, customer=phone, business="447860088594")
+    response = api.post(
+        f"/v1/identities/{person['id']}/person/message/whatsapp", json={"content": {"text": "hi"}}
+    )
+    assert response.status_code == 200, response.text
+    message_id = response.json()["messages"][0]["messageId"]
+    requests = receiver.wait_for(lambda rs: len(rs) >= 3)
+    [received] = [r.event for r in requests if r.event["type"] == "whatsapp.message.received"]
+    assert received["data"]["from"] == phone
+    assert received["data"]["to"] == "447860088594"
+    assert received["data"]["recipient"] is None  # the tenant's own number: no User involved
+    assert sorted(of_message(requests, message_id)) == [
+        "whatsapp.message.failed",
+        "whatsapp.message.sent",
+    ]
+    failed = next(r.event for r in requests if r.event["type"] == "whatsapp.message.failed")
+    assert failed["data"]["recipient"] == {"type": "identity", "id": person["id"]}
+    assert failed["data"]["status"]["groupName"] == "UNDELIVERABLE"
+    assert failed["data"]["error"] is not None
+
+
+def test_redirects_are_not_followed(api: httpx.Client, receiver: Receiver) -> None:
+    receiver.answer = lambda r: (
+        (307, {"location": receiver.url + "/elsewhere"}, b"")
+        if r.path == "/hook"
+        else (200, {}, b"")
+    )
+    endpoint = create_endpoint(api, receiver.url + "/hook", events=["sms.message.failed"])
+    send_sms(api, "385981230005")
+    receiver.wait_for(lambda rs: len(rs) >= 2)
+    time.sleep(0.3)
+    assert {r.path for r in receiver.received} == {"/hook"}
+    attempts = api.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries").json()["items"]
+    assert {a["http_status"] for a in attempts} == {307}
+    assert attempts[-1]["state"] == "pending"
 
 
 def test_endpoint_gets_only_the_events_it_subscribes_to(

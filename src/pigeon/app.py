@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             accept=AcceptPipeline(
                 accept_writer(engine, settings), on_commit=lambda: _wake(svc.worker)
             ),
-            stream=StreamHub(engine),
+            stream=StreamHub(reader),
         )
         await reencrypt_credentials(engine, settings)
         svc.accept.start()

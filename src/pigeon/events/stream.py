@@ -88,10 +88,11 @@ class StreamHub:
     async def run(self, stop: asyncio.Event) -> None:
         """Fan events out until `stop` is set."""
         try:
-            await self._start()
             while not stop.is_set():
                 full = False
                 try:
+                    if self._last is None:
+                        await self._start()  # again after a failure (the database was away)
                     full = await self.fan_out()
                 except Exception:
                     log.exception("stream fan-out failed")
@@ -112,13 +113,13 @@ class StreamHub:
                     await self._listener.close()
 
     async def _start(self) -> None:
-        async with self.engine.connect() as conn:
-            self._last = (await conn.execute(select(func.max(events.c.seq)))).scalar() or 0
-        if self.engine.dialect.name == "postgresql":
+        if self.engine.dialect.name == "postgresql" and self._listener is None:
             self._listener = await self.engine.connect()
             raw = await self._listener.get_raw_connection()
             driver: Any = raw.driver_connection
             await driver.add_listener(NOTIFY_CHANNEL, lambda *_: self.wake.set())
+        async with self.engine.connect() as conn:
+            self._last = (await conn.execute(select(func.max(events.c.seq)))).scalar() or 0
 
     async def fan_out(self) -> bool:
         """Read what was written since the last look; True if a full page came back."""

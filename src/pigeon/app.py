@@ -12,7 +12,6 @@ import structlog
 from litestar import Litestar, Request, Response, get
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -30,6 +29,7 @@ from pigeon.api import (
     webhooks,
 )
 from pigeon.api.deps import Services, provide_account_id
+from pigeon.api.docs import swagger_ui, swagger_ui_asset
 from pigeon.api.problems import EXCEPTION_HANDLERS
 from pigeon.api.sendpath import SendFastPath
 from pigeon.config import Settings
@@ -151,6 +151,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             console.router,
             console.static,
             openapi_json,
+            swagger_ui_asset,
         ],
         template_config=console.TEMPLATES,
         dependencies={"account_id": Provide(provide_account_id)},
@@ -162,7 +163,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             description="Orangepill-compatible messaging channels: SMS, WhatsApp and Email to "
             "Users and Persons.",
             path="/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin(path="/scalar")],
+            render_plugins=[swagger_ui],
             components=Components(
                 security_schemes={
                     "apiKey": SecurityScheme(

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, Router, delete, get, put
+from litestar.params import Body
 
+from pigeon.api import openapi as doc
 from pigeon.api.deps import AccountId, services
 from pigeon.extensions import service
 from pigeon.extensions.schemas import InfobipExtension, InfobipExtensionIn
 
 
-@put("/", summary="Enable or reconfigure the Infobip extension")
+@put(
+    "/",
+    summary="Enable or reconfigure the Infobip extension",
+    responses={
+        200: doc.ok(InfobipExtension, doc.EXTENSION, "The extension (API key masked)"),
+        **doc.problems(*doc.AUTH, *doc.BODY, doc.DATABASE_UNAVAILABLE),
+    },
+    operation_class=doc.DocumentedOperation,
+)
 async def put_extension(
-    request: Request[Any, Any, Any], account_id: AccountId, data: InfobipExtensionIn
+    request: Request[Any, Any, Any],
+    account_id: AccountId,
+    data: Annotated[InfobipExtensionIn, Body(examples=doc.example(doc.EXTENSION_PUT))],
 ) -> InfobipExtension:
     svc = services(request)
     async with svc.engine.begin() as conn:
@@ -22,7 +34,15 @@ async def put_extension(
         )
 
 
-@get("/", summary="Show the Infobip extension (API key masked) and its webhook URLs")
+@get(
+    "/",
+    summary="Show the Infobip extension (API key masked) and its webhook URLs",
+    responses={
+        200: doc.ok(InfobipExtension, doc.EXTENSION, "The extension (API key masked)"),
+        **doc.problems(*doc.READ, doc.EXTENSION_NOT_FOUND),
+    },
+    operation_class=doc.DocumentedOperation,
+)
 async def get_extension(request: Request[Any, Any, Any], account_id: AccountId) -> InfobipExtension:
     svc = services(request)
     async with svc.reader.connect() as conn:
@@ -31,7 +51,12 @@ async def get_extension(request: Request[Any, Any, Any], account_id: AccountId) 
         )
 
 
-@delete("/", summary="Disable the Infobip extension")
+@delete(
+    "/",
+    summary="Disable the Infobip extension",
+    responses=doc.problems(*doc.READ, doc.EXTENSION_NOT_FOUND),
+    operation_class=doc.DocumentedOperation,
+)
 async def delete_extension(request: Request[Any, Any, Any], account_id: AccountId) -> None:
     async with services(request).engine.begin() as conn:
         await service.delete_extension(conn=conn, account_id=account_id)

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from pigeon import __version__, metrics
+from pigeon.api import openapi as doc
 from pigeon.api.deps import services
 from pigeon.api.problems import problem
 from pigeon.db.migrate import MIGRATIONS
@@ -37,7 +38,7 @@ class Ready(msgspec.Struct):
     revision: str
 
 
-@get("/health", summary="Health check", tags=["Health"])
+@get("/health", summary="Health check", tags=["Health"], security=doc.NO_AUTH)
 async def health(request: Request[Any, Any, Any]) -> Health:
     svc = services(request)
     async with svc.reader.connect() as conn:

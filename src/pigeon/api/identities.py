@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, Response, Router, delete, get, patch, post
-from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import Body, Parameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from pigeon.api import openapi as doc
 from pigeon.api.deps import AccountId, guarded_write, services
 from pigeon.identities import service
 from pigeon.identities.schemas import Identity, IdentityCreate, IdentityList, IdentityUpdate
@@ -16,11 +16,24 @@ from pigeon.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="page size")]
 Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page")]
+IdentityId = Annotated[str, doc.path_id("the Identity's id")]
+CONTACT_RULES = (doc.INVALID_PHONE, doc.INVALID_EMAIL)
 
 
-@post("/", status_code=201, responses={201: ResponseSpec(Identity)}, summary="Create an Identity")
+@post(
+    "/",
+    status_code=201,
+    summary="Create an Identity",
+    responses={
+        201: doc.ok(Identity, doc.IDENTITY, "The Identity, created"),
+        **doc.problems(*doc.WRITE, *CONTACT_RULES),
+    },
+    operation_class=doc.IdempotentWrite,
+)
 async def create_identity(
-    request: Request[Any, Any, Any], account_id: AccountId, data: IdentityCreate
+    request: Request[Any, Any, Any],
+    account_id: AccountId,
+    data: Annotated[IdentityCreate, Body(examples=doc.example(doc.IDENTITY_CREATE))],
 ) -> Response[bytes]:
     async def action(conn: AsyncConnection) -> Identity:
         return await service.create_identity(conn=conn, account_id=account_id, body=data)
@@ -28,7 +41,17 @@ async def create_identity(
     return await guarded_write(request, account_id, action, status_code=201)
 
 
-@get("/", summary="List Identities")
+@get(
+    "/",
+    summary="List Identities",
+    responses={
+        200: doc.ok(
+            IdentityList, {"items": [doc.IDENTITY], "next_cursor": None}, "A page of Identities"
+        ),
+        **doc.problems(*doc.LIST),
+    },
+    operation_class=doc.DocumentedOperation,
+)
 async def list_identities(
     request: Request[Any, Any, Any],
     account_id: AccountId,
@@ -41,17 +64,37 @@ async def list_identities(
         )
 
 
-@get("/{identity_id:str}", summary="Get an Identity")
+@get(
+    "/{identity_id:str}",
+    summary="Get an Identity",
+    responses={
+        200: doc.ok(Identity, doc.IDENTITY, "The Identity"),
+        **doc.problems(*doc.READ, doc.IDENTITY_NOT_FOUND),
+    },
+    operation_class=doc.DocumentedOperation,
+)
 async def get_identity(
-    request: Request[Any, Any, Any], account_id: AccountId, identity_id: str
+    request: Request[Any, Any, Any], account_id: AccountId, identity_id: IdentityId
 ) -> Identity:
     async with services(request).reader.connect() as conn:
         return await service.get_identity(conn=conn, account_id=account_id, identity_id=identity_id)
 
 
-@patch("/{identity_id:str}", responses={200: ResponseSpec(Identity)}, summary="Update an Identity")
+@patch(
+    "/{identity_id:str}",
+    summary="Update an Identity",
+    description="`person` is merged field by field, `data` is replaced.",
+    responses={
+        200: doc.ok(Identity, doc.IDENTITY, "The Identity, updated"),
+        **doc.problems(*doc.WRITE, doc.IDENTITY_NOT_FOUND, *CONTACT_RULES),
+    },
+    operation_class=doc.IdempotentWrite,
+)
 async def update_identity(
-    request: Request[Any, Any, Any], account_id: AccountId, identity_id: str, data: IdentityUpdate
+    request: Request[Any, Any, Any],
+    account_id: AccountId,
+    identity_id: IdentityId,
+    data: Annotated[IdentityUpdate, Body(examples=doc.example(doc.IDENTITY_UPDATE))],
 ) -> Response[bytes]:
     async def action(conn: AsyncConnection) -> Identity:
         return await service.update_identity(
@@ -61,9 +104,14 @@ async def update_identity(
     return await guarded_write(request, account_id, action)
 
 
-@delete("/{identity_id:str}", summary="Delete an Identity")
+@delete(
+    "/{identity_id:str}",
+    summary="Delete an Identity",
+    responses=doc.problems(*doc.READ, doc.IDENTITY_NOT_FOUND),
+    operation_class=doc.DocumentedOperation,
+)
 async def delete_identity(
-    request: Request[Any, Any, Any], account_id: AccountId, identity_id: str
+    request: Request[Any, Any, Any], account_id: AccountId, identity_id: IdentityId
 ) -> None:
     async with services(request).engine.begin() as conn:
         await service.delete_identity(conn=conn, account_id=account_id, identity_id=identity_id)

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 from litestar import Request, Response, Router, get, post
 from litestar.handlers import HTTPRouteHandler
-from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter, QueryParameter
+from litestar.params import Body, Parameter, QueryParameter
 
+from pigeon.api import openapi as doc
 from pigeon.api.deps import AccountId, account_of, require_api_key, services
 from pigeon.idempotency.store import check_key, fingerprint, scope_id
 from pigeon.messages import query
@@ -32,7 +32,6 @@ from pigeon.messages.schemas import (
 from pigeon.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from pigeon.validation import normalize_email, normalize_phone
 
-SEND_RESPONSES = {200: ResponseSpec(SendResponse, description="Message processing status")}
 TEXT_CHANNELS: tuple[Channel, ...] = ("sms", "whatsapp")
 
 
@@ -72,27 +71,40 @@ async def _submit(request: Request[Any, Any, Any], item: SendRequest) -> Respons
     )
 
 
-def _route(body: type[Any], path: str, send: Any, **options: Any) -> HTTPRouteHandler:
-    send.__annotations__["data"] = body
+def _route(
+    kind: str, channel: Channel, body: type[Any], path: str, send: Any, **options: Any
+) -> HTTPRouteHandler:
+    examples = doc.example(doc.SEND_EXAMPLES[kind, channel])
+    send.__annotations__["data"] = Annotated[body, Body(examples=examples)]
     return post(
         path,
         status_code=200,
-        responses=SEND_RESPONSES,
+        responses={
+            200: doc.ok(SendResponse, doc.SEND_ANSWER, "Message processing status"),
+            **doc.problems(*doc.send_problems(kind, channel)),
+        },
+        operation_class=doc.IdempotentWrite,
         tags=["Messaging"],
         guards=[require_api_key],
         **options,
     )(send)
 
 
+UserId = Annotated[str, doc.path_id("the User's id")]
+IdentityId = Annotated[str, doc.path_id("the Identity's id (a person)")]
+
+
 def user_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
     """POST /v1/users/{id}/message/{channel}."""
 
-    async def send(request: Request[Any, Any, Any], user_id: str, data: Any) -> Response[bytes]:
+    async def send(request: Request[Any, Any, Any], user_id: UserId, data: Any) -> Response[bytes]:
         return await _submit(
             request, send_request("user", channel, account_of(request), user_id, data)
         )
 
     return _route(
+        "user",
+        channel,
         body,
         f"/v1/users/{{user_id:str}}/message/{channel}",
         send,
@@ -105,12 +117,16 @@ def user_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
 def person_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
     """POST /v1/identities/{id}/person/message/{channel}."""
 
-    async def send(request: Request[Any, Any, Any], identity_id: str, data: Any) -> Response[bytes]:
+    async def send(
+        request: Request[Any, Any, Any], identity_id: IdentityId, data: Any
+    ) -> Response[bytes]:
         item = send_request("person", channel, account_of(request), identity_id, data)
         return await _submit(request, item)
 
     field = "email[0].address" if channel == "email" else "phone[0].number"
     return _route(
+        "person",
+        channel,
         body,
         f"/v1/identities/{{identity_id:str}}/person/message/{channel}",
         send,
@@ -128,6 +144,8 @@ def app_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
         return await _submit(request, send_request("app", channel, account_of(request), None, data))
 
     return _route(
+        "app",
+        channel,
         body,
         f"/v1/apps/message/{channel}",
         send,
@@ -144,21 +162,37 @@ Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="page size")]
     "/v1/messages/{message_id:str}",
     summary="Get a message with its status history",
     tags=["Messages"],
+    responses={
+        200: doc.ok(Message, doc.MESSAGE, "The message, its status and its history"),
+        **doc.problems(*doc.READ, doc.MESSAGE_NOT_FOUND),
+    },
+    operation_class=doc.DocumentedOperation,
 )
 async def get_message(
-    request: Request[Any, Any, Any], account_id: AccountId, message_id: str
+    request: Request[Any, Any, Any],
+    account_id: AccountId,
+    message_id: Annotated[str, Parameter(description="the messageId a send answered with")],
 ) -> Message:
     async with services(request).reader.connect() as conn:
         return await query.get_message(conn=conn, account_id=account_id, message_id=message_id)
 
 
-@get("/v1/messages", summary="List messages, newest first", tags=["Messages"])
+@get(
+    "/v1/messages",
+    summary="List messages, newest first",
+    tags=["Messages"],
+    responses={
+        200: doc.ok(MessageList, doc.MESSAGE_LIST, "A page of messages"),
+        **doc.problems(*doc.LIST),
+    },
+    operation_class=doc.DocumentedOperation,
+)
 async def list_messages(
     request: Request[Any, Any, Any],
     account_id: AccountId,
     limit: Limit = DEFAULT_LIMIT,
-    cursor: str | None = None,
-    channel: str | None = None,
+    cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
+    channel: Channel | None = None,
     status: Annotated[
         str | None, Parameter(description="a group (DELIVERED) or status name (PENDING_ENROUTE)")
     ] = None,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, Response, Router, delete, get, patch, post
-from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import Body, Parameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from pigeon.api import openapi as doc
 from pigeon.api.deps import AccountId, guarded_write, services
 from pigeon.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from pigeon.users import service
@@ -16,11 +16,29 @@ from pigeon.users.schemas import User, UserCreate, UserList, UserUpdate
 
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="page size")]
 Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page")]
+UserId = Annotated[str, doc.path_id("the User's id")]
+USER_RULES = (
+    doc.USERNAME_TAKEN,
+    doc.INVALID_PHONE,
+    doc.INVALID_EMAIL,
+    doc.IDENTITY_FIELD_NOT_FOUND,
+)
 
 
-@post("/", status_code=201, responses={201: ResponseSpec(User)}, summary="Create a User")
+@post(
+    "/",
+    status_code=201,
+    summary="Create a User",
+    responses={
+        201: doc.ok(User, doc.USER, "The User, created"),
+        **doc.problems(*doc.WRITE, *USER_RULES),
+    },
+    operation_class=doc.IdempotentWrite,
+)
 async def create_user(
-    request: Request[Any, Any, Any], account_id: AccountId, data: UserCreate
+    request: Request[Any, Any, Any],
+    account_id: AccountId,
+    data: Annotated[UserCreate, Body(examples=doc.example(doc.USER_CREATE))],
 ) -> Response[bytes]:
     async def action(conn: AsyncConnection) -> User:
         return await service.create_user(conn=conn, account_id=account_id, body=data)
@@ -28,7 +46,15 @@ async def create_user(
     return await guarded_write(request, account_id, action, status_code=201)
 
 
-@get("/", summary="List Users")
+@get(
+    "/",
+    summary="List Users",
+    responses={
+        200: doc.ok(UserList, {"items": [doc.USER], "next_cursor": None}, "A page of Users"),
+        **doc.problems(*doc.LIST),
+    },
+    operation_class=doc.DocumentedOperation,
+)
 async def list_users(
     request: Request[Any, Any, Any],
     account_id: AccountId,
@@ -41,15 +67,35 @@ async def list_users(
         )
 
 
-@get("/{user_id:str}", summary="Get a User")
-async def get_user(request: Request[Any, Any, Any], account_id: AccountId, user_id: str) -> User:
+@get(
+    "/{user_id:str}",
+    summary="Get a User",
+    responses={
+        200: doc.ok(User, doc.USER, "The User"),
+        **doc.problems(*doc.READ, doc.USER_NOT_FOUND),
+    },
+    operation_class=doc.DocumentedOperation,
+)
+async def get_user(request: Request[Any, Any, Any], account_id: AccountId, user_id: UserId) -> User:
     async with services(request).reader.connect() as conn:
         return await service.get_user(conn=conn, account_id=account_id, user_id=user_id)
 
 
-@patch("/{user_id:str}", responses={200: ResponseSpec(User)}, summary="Update a User")
+@patch(
+    "/{user_id:str}",
+    summary="Update a User",
+    description="`channel` is merged field by field (a null clears one), `data` is replaced.",
+    responses={
+        200: doc.ok(User, doc.USER, "The User, updated"),
+        **doc.problems(*doc.WRITE, doc.USER_NOT_FOUND, *USER_RULES),
+    },
+    operation_class=doc.IdempotentWrite,
+)
 async def update_user(
-    request: Request[Any, Any, Any], account_id: AccountId, user_id: str, data: UserUpdate
+    request: Request[Any, Any, Any],
+    account_id: AccountId,
+    user_id: UserId,
+    data: Annotated[UserUpdate, Body(examples=doc.example(doc.USER_UPDATE))],
 ) -> Response[bytes]:
     async def action(conn: AsyncConnection) -> User:
         return await service.update_user(
@@ -59,8 +105,15 @@ async def update_user(
     return await guarded_write(request, account_id, action)
 
 
-@delete("/{user_id:str}", summary="Delete a User")
-async def delete_user(request: Request[Any, Any, Any], account_id: AccountId, user_id: str) -> None:
+@delete(
+    "/{user_id:str}",
+    summary="Delete a User",
+    responses=doc.problems(*doc.READ, doc.USER_NOT_FOUND),
+    operation_class=doc.DocumentedOperation,
+)
+async def delete_user(
+    request: Request[Any, Any, Any], account_id: AccountId, user_id: UserId
+) -> None:
     async with services(request).engine.begin() as conn:
         await service.delete_user(conn=conn, account_id=account_id, user_id=user_id)
 

@@ -3,12 +3,14 @@ what the providers post back to us."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import Request, Router, post
+from litestar.params import Body
 
+from pigeon.api import openapi as doc
 from pigeon.api.deps import services
 from pigeon.webhooks import service, twilio
 from pigeon.webhooks.schemas import DeliveryReports, InboundMessages, WebhookAnswer
@@ -23,13 +25,31 @@ async def _raw_results(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     return msgspec.json.decode(await request.body(), type=_RawResults).results
 
 
+WEBHOOK_PROBLEMS = doc.problems(
+    doc.MALFORMED_JSON,
+    doc.INVALID_WEBHOOK_TOKEN,
+    doc.TOO_LARGE,
+    doc.VALIDATION,
+    doc.DATABASE_UNAVAILABLE,
+)
+ANSWER = doc.ok(WebhookAnswer, doc.WEBHOOK_ANSWER, "What was received and applied")
+
+
 @post(
     "/{owner:str}/{token:str}/inbound",
     status_code=200,
     summary="Inbound WhatsApp messages (Infobip's inbound format)",
+    description="The URL (owner and token) is the one `pigeon webhooks` or "
+    "`GET /v1/extensions/infobip` gives; no API key.",
+    security=doc.NO_AUTH,
+    responses={200: ANSWER, **WEBHOOK_PROBLEMS},
+    operation_class=doc.DocumentedOperation,
 )
 async def inbound(
-    request: Request[Any, Any, Any], owner: str, token: str, data: InboundMessages
+    request: Request[Any, Any, Any],
+    owner: str,
+    token: str,
+    data: Annotated[InboundMessages, Body(examples=doc.example(doc.INBOUND))],
 ) -> WebhookAnswer:
     raw = await _raw_results(request)
     async with services(request).engine.begin() as conn:
@@ -41,9 +61,17 @@ async def inbound(
     "/{owner:str}/{token:str}/reports",
     status_code=200,
     summary="Delivery reports (Infobip's SMS, WhatsApp and Email formats)",
+    description="The URL (owner and token) is the one `pigeon webhooks` or "
+    "`GET /v1/extensions/infobip` gives; no API key.",
+    security=doc.NO_AUTH,
+    responses={200: ANSWER, **WEBHOOK_PROBLEMS},
+    operation_class=doc.DocumentedOperation,
 )
 async def reports(
-    request: Request[Any, Any, Any], owner: str, token: str, data: DeliveryReports
+    request: Request[Any, Any, Any],
+    owner: str,
+    token: str,
+    data: Annotated[DeliveryReports, Body(examples=doc.example(doc.DELIVERY_REPORTS))],
 ) -> WebhookAnswer:
     raw = await _raw_results(request)
     async with services(request).engine.begin() as conn:

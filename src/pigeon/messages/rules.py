@@ -17,7 +17,6 @@ from pigeon.config import Settings
 from pigeon.errors import NotFound, Unprocessable, field_error
 from pigeon.ids import is_object_id
 from pigeon.messages.schemas import (
-    SMS_MAX,
     Channel,
     EmailContent,
     TextContent,
@@ -56,8 +55,6 @@ def checked_content(channel: Channel, content: Content) -> dict[str, Any]:
     if isinstance(content, TextContent):
         if not content.text.strip():
             raise field_error("content.text", "must not be empty", code="empty_text")
-        if channel == "sms" and len(content.text) > SMS_MAX:
-            raise field_error("content.text", f"an SMS holds at most {SMS_MAX} characters")
         return {"text": content.text}
     if not content.subject or not content.subject.strip():
         raise field_error("content.subject", "an email needs a subject", code="missing_subject")

@@ -13,14 +13,24 @@ from pigeon.messages.status import Status
 Channel = Literal["sms", "whatsapp", "email"]
 CHANNELS: tuple[Channel, ...] = ("sms", "whatsapp", "email")
 
+# An SMS longer than 160 GSM-7 characters (70 UCS-2) travels as several parts, each charged;
+# Infobip's API sets no maximum on `text`, Pigeon stops at 1,600 characters (11 GSM-7 parts,
+# 24 UCS-2 parts), as Twilio does. WhatsApp's own limit for a text message is 4,096.
 SMS_MAX = 1600
 WHATSAPP_MAX = 4096
 
 
 class TextContent(msgspec.Struct, forbid_unknown_fields=True):
-    """SMS and WhatsApp content: text only."""
+    """SMS content: text only."""
 
-    text: Annotated[str, Meta(max_length=WHATSAPP_MAX)]
+    text: Annotated[
+        str,
+        Meta(
+            max_length=SMS_MAX,
+            description=f"At most {SMS_MAX} characters; past 160 GSM-7 characters (70 with "
+            "other characters) an SMS is sent, and charged, as several parts.",
+        ),
+    ]
 
 
 class Template(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,0 +1,163 @@
+"""The OpenAPI document says what Pigeon does: its errors, headers, examples and limits."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import DEMO_ID, Server
+
+PROBLEM_FIELDS = {"type", "title", "status", "code", "detail", "instance", "errors"}
+UNAUTHENTICATED = {"/health"}
+WEBHOOKS = "/v1/webhooks/"
+PENDING_ACCEPTED = {
+    "groupId": 1,
+    "groupName": "PENDING",
+    "id": 26,
+    "name": "PENDING_ACCEPTED",
+    "description": "Message sent to next instance",
+}
+
+
+@pytest.fixture(scope="module")
+def document(server: Server) -> dict[str, Any]:
+    with server.client() as client:
+        response = client.get("/openapi.json")
+    assert response.status_code == 200
+    return response.json()  # type: ignore[no-any-return]
+
+
+def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            yield method.upper(), path, operation
+
+
+def test_every_error_is_documented_as_problem_details(document: dict[str, Any]) -> None:
+    problem = document["components"]["schemas"]["Problem"]
+    assert set(problem["properties"]) == PROBLEM_FIELDS
+    assert set(problem["required"]) == {"type", "title", "status", "code", "detail"}
+    for method, path, operation in operations(document):
+        for status, response in operation["responses"].items():
+            if int(status) < 400:
+                continue
+            content = response["content"]
+            assert list(content) == ["application/problem+json"], (method, path, status)
+            assert content["application/problem+json"]["schema"] == {
+                "$ref": "#/components/schemas/Problem"
+            }
+            codes = {
+                e["value"]["code"] for e in content["application/problem+json"]["examples"].values()
+            }
+            assert codes
+            assert all(f"`{code}`" in response["description"] for code in codes)
+
+
+def test_every_operation_documents_the_errors_it_can_answer(document: dict[str, Any]) -> None:
+    for method, path, operation in operations(document):
+        statuses = set(operation["responses"])
+        if path in UNAUTHENTICATED:
+            continue
+        assert "401" in statuses, (method, path)
+        assert "503" in statuses, (method, path)
+        if "requestBody" in operation:
+            assert {"400", "413", "422"} <= statuses, (method, path)
+        if "{" in path and not path.startswith(WEBHOOKS):
+            assert "404" in statuses, (method, path)
+        if any(p["in"] == "query" for p in operation.get("parameters", [])):
+            assert "422" in statuses, (method, path)
+    assert (
+        "409"
+        in dict(((m, p), o) for m, p, o in operations(document))[("POST", "/v1/users")]["responses"]
+    )
+
+
+def test_idempotency_and_retry_headers_are_documented(document: dict[str, Any]) -> None:
+    idempotent = 0
+    for method, path, operation in operations(document):
+        for status, response in operation["responses"].items():
+            if status in {"409", "503"}:
+                assert "Retry-After" in response["headers"], (method, path, status)
+        if method not in {"POST", "PATCH"} or path.startswith(WEBHOOKS):
+            continue
+        idempotent += 1
+        [header] = [p for p in operation["parameters"] if p["name"] == "idempotency-key"]
+        assert header["in"] == "header"
+        assert not header["required"]
+        assert (header["schema"]["minLength"], header["schema"]["maxLength"]) == (1, 255)
+        [success] = [r for s, r in operation["responses"].items() if s.startswith("2")]
+        assert "idempotent-replayed" in success["headers"], (method, path)
+    assert idempotent == 13  # users and identities: create and update; the nine sends
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, child in value.items():
+            yield key
+            yield from _strings(child)
+    elif isinstance(value, list):
+        for child in value:
+            yield from _strings(child)
+
+
+def _examples(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if key in {"example", "examples"}:
+                yield child
+            yield from _examples(child)
+    elif isinstance(value, list):
+        for child in value:
+            yield from _examples(child)
+
+
+def test_examples_are_the_docs_values_not_generated_filler(document: dict[str, Any]) -> None:
+    # Litestar's generated examples are runs of random letters like "JxsvJnicHImAYyNsCOKF".
+    filler = re.compile(r"^(?=.*[a-z])(?=(?:.*[A-Z]){3})[A-Za-z]{10,}$")
+    examples = list(_examples(document))
+    assert examples
+    for text in _strings(examples):
+        assert not filler.match(text), text
+    send = document["paths"]["/v1/users/{user_id}/message/sms"]["post"]
+    [answer] = send["responses"]["200"]["content"]["application/json"]["examples"].values()
+    assert answer["value"]["messages"][0]["status"] == PENDING_ACCEPTED
+    [user_id] = [p for p in send["parameters"] if p["name"] == "user_id"]
+    assert [e["value"] for e in user_id["examples"].values()] == [DEMO_ID]
+
+
+def _text_schema(document: dict[str, Any], name: str) -> dict[str, Any]:
+    return document["components"]["schemas"][name]["properties"]["text"]  # type: ignore[no-any-return]
+
+
+def test_the_documented_text_limits_are_the_servers(
+    document: dict[str, Any], demo: httpx.Client
+) -> None:
+    sms_max = _text_schema(document, "TextContent")["maxLength"]
+    assert sms_max == 1600
+    whatsapp_max = _text_schema(document, "WhatsAppContent")["maxLength"]
+    url = f"/v1/users/{DEMO_ID}/message"
+    assert demo.post(f"{url}/sms", json={"content": {"text": "x" * sms_max}}).status_code == 200
+    too_long = demo.post(f"{url}/sms", json={"content": {"text": "x" * (sms_max + 1)}})
+    assert too_long.status_code == 422
+    assert too_long.json()["errors"][0]["field"] == "content.text"
+    whatsapp = {"content": {"text": "x" * (whatsapp_max + 1)}}
+    assert demo.post(f"{url}/whatsapp", json=whatsapp).status_code == 422
+
+
+def test_a_documented_problem_is_what_the_server_answers(
+    document: dict[str, Any], server: Server
+) -> None:
+    responses = document["paths"]["/v1/users"]["get"]["responses"]
+    examples = responses["401"]["content"]["application/problem+json"]["examples"].values()
+    documented = next(e["value"] for e in examples if e["value"]["code"] == "missing_api_key")
+    with server.client() as anonymous:
+        response = anonymous.get("/v1/users")
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert {k: v for k, v in response.json().items() if k != "instance"} == documented

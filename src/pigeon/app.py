@@ -28,7 +28,7 @@ from pigeon.api import (
     webhook_endpoints,
     webhooks,
 )
-from pigeon.api.deps import Services, provide_account_id
+from pigeon.api.deps import PigeonRequest, Services, provide_account_id
 from pigeon.api.docs import swagger_ui, swagger_ui_asset
 from pigeon.api.problems import EXCEPTION_HANDLERS
 from pigeon.api.sendpath import SendFastPath
@@ -156,6 +156,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         template_config=console.TEMPLATES,
         dependencies={"account_id": Provide(provide_account_id)},
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=PigeonRequest,
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="Pigeon",

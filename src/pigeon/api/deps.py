@@ -17,6 +17,7 @@ from pigeon.dispatch.worker import Worker
 from pigeon.events.stream import StreamHub
 from pigeon.idempotency.store import IdempotencyStore, check_key
 from pigeon.messages.accept import AcceptPipeline
+from pigeon.nul import nul_error
 
 
 @dataclass(slots=True)
@@ -31,6 +32,16 @@ class Services:
     accept: AcceptPipeline
     stream: StreamHub
     worker: Worker | None = None
+
+
+class PigeonRequest(Request[Any, Any, Any]):
+    """Litestar's request, refusing a JSON body that holds NUL characters (see pigeon.nul)."""
+
+    async def json(self) -> Any:
+        error = nul_error(await self.body())
+        if error is not None:
+            raise error
+        return await super().json()
 
 
 def services(request: Request[Any, Any, Any]) -> Services:

@@ -13,7 +13,9 @@ from litestar.params import Body, Parameter, QueryParameter
 
 from pigeon.api import openapi as doc
 from pigeon.api.deps import AccountId, account_of, require_api_key, services
+from pigeon.errors import NotFound
 from pigeon.idempotency.store import check_key, fingerprint, scope_id
+from pigeon.ids import is_object_id
 from pigeon.messages import query
 from pigeon.messages.accept import SendRequest
 from pigeon.messages.rules import checked_content
@@ -29,6 +31,7 @@ from pigeon.messages.schemas import (
     TextMessageIn,
     WhatsAppMessageIn,
 )
+from pigeon.nul import NO_NUL_PATTERN
 from pigeon.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from pigeon.validation import normalize_email, normalize_phone
 
@@ -41,7 +44,13 @@ def send_request(
     """A decoded send body as a SendRequest: content checked, an app's `to` normalised."""
     content = checked_content(channel, data.content)
     if kind != "app":
-        return SendRequest(account_id, kind, path_id or "", channel, content)
+        recipient_id = path_id or ""
+        if not is_object_id(recipient_id):
+            # Not an id Pigeon makes: no need to read (and no odd text, such as a NUL, in the
+            # batch's query, which PostgreSQL would refuse for the whole batch).
+            what = "user" if kind == "user" else "identity"
+            raise NotFound(f"{what} {recipient_id} not found", code=f"{what}_not_found")
+        return SendRequest(account_id, kind, recipient_id, channel, content)
     to = (
         normalize_email(data.to, field="to")
         if channel == "email"
@@ -197,7 +206,8 @@ async def list_messages(
         str | None, Parameter(description="a group (DELIVERED) or status name (PENDING_ENROUTE)")
     ] = None,
     recipient: Annotated[
-        str | None, Parameter(description="a user or identity id, or a destination")
+        str | None,
+        Parameter(description="a user or identity id, or a destination", pattern=NO_NUL_PATTERN),
     ] = None,
     since: Annotated[datetime | None, QueryParameter(name="from")] = None,
     until: Annotated[datetime | None, QueryParameter(name="to")] = None,

@@ -29,6 +29,7 @@ from pigeon.api.messages import SEND_BODIES, scope_send, send_request
 from pigeon.api.problems import PROBLEM_JSON, UNEXPECTED, problem_body
 from pigeon.errors import PigeonError
 from pigeon.messages.schemas import Channel
+from pigeon.nul import might_hold_nul
 
 log = structlog.get_logger("pigeon.api")
 
@@ -118,7 +119,7 @@ class SendFastPath:
             if name is not None and name not in headers:
                 headers[name] = value.decode("latin-1")
         key = api_key_from(headers)
-        if not key:
+        if not key or might_hold_nul(body):
             return None
         svc = self.services()
         account_id = svc.auth.cached(key)

@@ -18,7 +18,7 @@ from pigeon.db.tables import accounts, messages, platform_state, users
 from pigeon.errors import Unauthorized
 from pigeon.events.catalogue import WHATSAPP_RECEIVED
 from pigeon.events.service import NewEvent, record_events
-from pigeon.ids import new_token
+from pigeon.ids import is_object_id, new_token
 from pigeon.messages import whatsapp
 from pigeon.messages.reports import StatusReport, apply_statuses
 from pigeon.messages.status import Status, status_for
@@ -48,9 +48,10 @@ async def platform_webhook_token(*, conn: AsyncConnection) -> str:
 
 async def authenticate(*, conn: AsyncConnection, owner: str, token: str) -> None:
     """Check the URL's token for `owner` ("platform" or an account id) in constant time."""
+    expected: str | None = None
     if owner == whatsapp.PLATFORM:
-        expected: str | None = await platform_webhook_token(conn=conn)
-    else:
+        expected = await platform_webhook_token(conn=conn)
+    elif is_object_id(owner):  # an account id; other text (a NUL too) never reaches the database
         query = select(accounts.c.webhook_token).where(accounts.c.id == owner)
         expected = (await conn.execute(query)).scalar_one_or_none()
     if expected is None or not hmac.compare_digest(expected.encode(), token.encode()):

@@ -30,6 +30,7 @@ from pigeon.api import (
 )
 from pigeon.api.deps import PigeonRequest, Services, provide_account_id
 from pigeon.api.docs import swagger_ui, swagger_ui_asset
+from pigeon.api.openapi import document_routes
 from pigeon.api.problems import EXCEPTION_HANDLERS
 from pigeon.api.sendpath import SendFastPath
 from pigeon.config import Settings
@@ -177,6 +178,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         debug=False,
         logging_config=None,
     )
+    document_routes(app)
     return SendFastPath(metrics.HttpMetrics(app), lambda: app.state.services)
 
 

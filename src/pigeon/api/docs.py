@@ -7,10 +7,12 @@ their URL carries the Swagger UI version, so a browser may cache them for good.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from litestar import get
 from litestar.exceptions import NotFoundException
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.params import PathParameter
 from litestar.response import File
 from swagger_ui_bundle import swagger_ui_path
 
@@ -29,7 +31,7 @@ _CACHED_FOR_GOOD = {"cache-control": "public, max-age=31536000, immutable"}
 
 
 @get(f"{ASSETS}/{{name:str}}", include_in_schema=False, sync_to_thread=False)
-def swagger_ui_asset(name: str) -> File:
+def swagger_ui_asset(name: Annotated[str, PathParameter()]) -> File:
     """One of Swagger UI's files (nothing else from the package's folder)."""
     media_type = _SERVED.get(name) or _SOURCE_MAPS.get(name)
     if media_type is None:

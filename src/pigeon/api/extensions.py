@@ -20,7 +20,6 @@ from pigeon.extensions.schemas import InfobipExtension, InfobipExtensionIn
         200: doc.ok(InfobipExtension, doc.EXTENSION, "The extension (API key masked)"),
         **doc.problems(*doc.AUTH, *doc.BODY, doc.DATABASE_UNAVAILABLE),
     },
-    operation_class=doc.DocumentedOperation,
 )
 async def put_extension(
     request: Request[Any, Any, Any],
@@ -41,7 +40,6 @@ async def put_extension(
         200: doc.ok(InfobipExtension, doc.EXTENSION, "The extension (API key masked)"),
         **doc.problems(*doc.READ, doc.EXTENSION_NOT_FOUND),
     },
-    operation_class=doc.DocumentedOperation,
 )
 async def get_extension(request: Request[Any, Any, Any], account_id: AccountId) -> InfobipExtension:
     svc = services(request)
@@ -55,7 +53,6 @@ async def get_extension(request: Request[Any, Any, Any], account_id: AccountId) 
     "/",
     summary="Disable the Infobip extension",
     responses=doc.problems(*doc.READ, doc.EXTENSION_NOT_FOUND),
-    operation_class=doc.DocumentedOperation,
 )
 async def delete_extension(request: Request[Any, Any, Any], account_id: AccountId) -> None:
     async with services(request).engine.begin() as conn:

@@ -12,7 +12,6 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from litestar import Request, Response, get
-from litestar.openapi.datastructures import ResponseSpec
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
@@ -71,7 +70,11 @@ def _reason(exc: BaseException) -> str:
     "/ready",
     summary="Readiness: the database answers and its schema is at the code's migration head",
     tags=["Health"],
-    responses={503: ResponseSpec(None, description="Not ready (problem details say why)")},
+    security=doc.NO_AUTH,
+    responses={
+        200: doc.ok(Ready, {"status": "ready", "database": "sqlite", "revision": "0004"}, "Ready"),
+        **doc.problems(doc.DATABASE_UNAVAILABLE, doc.MIGRATIONS_NOT_AT_HEAD),
+    },
 )
 async def ready(request: Request[Any, Any, Any]) -> Response[Any]:
     svc = services(request)

@@ -28,7 +28,6 @@ CONTACT_RULES = (doc.INVALID_PHONE, doc.INVALID_EMAIL)
         201: doc.ok(Identity, doc.IDENTITY, "The Identity, created"),
         **doc.problems(*doc.WRITE, *CONTACT_RULES),
     },
-    operation_class=doc.IdempotentWrite,
 )
 async def create_identity(
     request: Request[Any, Any, Any],
@@ -50,7 +49,6 @@ async def create_identity(
         ),
         **doc.problems(*doc.LIST),
     },
-    operation_class=doc.DocumentedOperation,
 )
 async def list_identities(
     request: Request[Any, Any, Any],
@@ -71,7 +69,6 @@ async def list_identities(
         200: doc.ok(Identity, doc.IDENTITY, "The Identity"),
         **doc.problems(*doc.READ, doc.IDENTITY_NOT_FOUND),
     },
-    operation_class=doc.DocumentedOperation,
 )
 async def get_identity(
     request: Request[Any, Any, Any], account_id: AccountId, identity_id: IdentityId
@@ -88,7 +85,6 @@ async def get_identity(
         200: doc.ok(Identity, doc.IDENTITY, "The Identity, updated"),
         **doc.problems(*doc.WRITE, doc.IDENTITY_NOT_FOUND, *CONTACT_RULES),
     },
-    operation_class=doc.IdempotentWrite,
 )
 async def update_identity(
     request: Request[Any, Any, Any],
@@ -108,7 +104,6 @@ async def update_identity(
     "/{identity_id:str}",
     summary="Delete an Identity",
     responses=doc.problems(*doc.READ, doc.IDENTITY_NOT_FOUND),
-    operation_class=doc.DocumentedOperation,
 )
 async def delete_identity(
     request: Request[Any, Any, Any], account_id: AccountId, identity_id: IdentityId

@@ -92,7 +92,6 @@ def _route(
             200: doc.ok(SendResponse, doc.SEND_ANSWER, "Message processing status"),
             **doc.problems(*doc.send_problems(kind, channel)),
         },
-        operation_class=doc.IdempotentWrite,
         tags=["Messaging"],
         guards=[require_api_key],
         **options,
@@ -175,7 +174,6 @@ Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="page size")]
         200: doc.ok(Message, doc.MESSAGE, "The message, its status and its history"),
         **doc.problems(*doc.READ, doc.MESSAGE_NOT_FOUND),
     },
-    operation_class=doc.DocumentedOperation,
 )
 async def get_message(
     request: Request[Any, Any, Any],
@@ -194,14 +192,13 @@ async def get_message(
         200: doc.ok(MessageList, doc.MESSAGE_LIST, "A page of messages"),
         **doc.problems(*doc.LIST),
     },
-    operation_class=doc.DocumentedOperation,
 )
 async def list_messages(
     request: Request[Any, Any, Any],
     account_id: AccountId,
     limit: Limit = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
-    channel: Channel | None = None,
+    channel: Annotated[Channel | None, Parameter(description="sms, whatsapp or email")] = None,
     status: Annotated[
         str | None, Parameter(description="a group (DELIVERED) or status name (PENDING_ENROUTE)")
     ] = None,

@@ -10,11 +10,14 @@ docs' own values (the demo tenant), never generated filler.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 import msgspec
+from litestar import Litestar
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
     Example,
@@ -25,6 +28,7 @@ from litestar.openapi.spec import (
     Parameter,
     Schema,
 )
+from litestar.routes import HTTPRoute
 
 from pigeon.api.problems import PROBLEM_JSON
 from pigeon.demo import DEMO_OBJECT_ID
@@ -130,6 +134,11 @@ IDENTITY_FIELD_NOT_FOUND = Documented(
 DATABASE_UNAVAILABLE = Documented(
     503, "database_unavailable", "the database is unavailable; retry shortly"
 )
+MIGRATIONS_NOT_AT_HEAD = Documented(
+    503,
+    "migrations_not_at_head",
+    "the database schema is at 0003, this code needs 0004: run `pigeon db upgrade`",
+)
 
 AUTH = (MISSING_API_KEY, INVALID_API_KEY)
 BODY = (MALFORMED_JSON, TOO_LARGE, VALIDATION)
@@ -145,7 +154,7 @@ _WHY = {
     409: "A conflict; `idempotency_request_in_flight` comes with `Retry-After`.",
     413: "The request body is too large.",
     422: "The request is well-formed JSON but breaks a rule; `errors` names the fields.",
-    503: "The database is unavailable; retry after `Retry-After` seconds.",
+    503: "Not now (the database is unavailable, or not migrated); retry after `Retry-After`.",
 }
 
 
@@ -176,6 +185,52 @@ def ok(model: type[Any], example: Any, description: str) -> ResponseSpec:
         description=description,
         examples=[Example(summary="the demo tenant", value=example)],
     )
+
+
+NOT_FOUND = Documented(404, "not_found", f"nothing found for {OTHER_ID}")
+_NOT_PARAMETERS = {"request", "data", "account_id", "state", "scope", "headers", "cookies"}
+
+
+def document_routes(app: Litestar) -> None:
+    """Document every route as Pigeon answers, whoever wrote it.
+
+    - A status a route leaves out of `responses=problems(...)` gets the default for its kind:
+      401 and 503 with an API key; 400, 413 and 422 with a body; 422 with query parameters;
+      404 with path parameters.
+    - A POST or PATCH with an API key honours `idempotency-key` (api/deps.guarded_write, the
+      sends): it is an IdempotentWrite; every other route a DocumentedOperation.
+    - No generated examples: Litestar's are random letters; examples are the docs' own.
+    """
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            if handler.include_in_schema is False or "OPTIONS" in handler.http_methods:
+                continue
+            stated = {
+                status: dataclasses.replace(spec, generate_examples=False)
+                for status, spec in (handler.responses or {}).items()
+            }
+            handler.responses = {**problems(*_default_problems(route, handler)), **stated}
+            if issubclass(handler.operation_class, DocumentedOperation):
+                continue
+            writes = handler.http_methods & {"POST", "PATCH"}
+            idempotent = writes and handler.security != NO_AUTH
+            handler.operation_class = IdempotentWrite if idempotent else DocumentedOperation
+
+
+def _default_problems(route: HTTPRoute, handler: HTTPRouteHandler) -> list[Documented]:
+    signature = set(handler.parsed_fn_signature.parameters)
+    path_names = set(route.path_parameters)
+    with_key = handler.security != NO_AUTH
+    found: list[Documented] = [*AUTH, DATABASE_UNAVAILABLE] if with_key else []
+    if "data" in signature:
+        found += BODY
+    elif signature - _NOT_PARAMETERS - path_names:
+        found.append(VALIDATION)
+    if path_names and with_key:
+        found.append(NOT_FOUND)
+    return found
 
 
 RETRY_AFTER = OpenAPIHeader(
@@ -222,7 +277,10 @@ class DocumentedOperation(Operation):
 
 @dataclass
 class IdempotentWrite(DocumentedOperation):
-    """A POST or PATCH that honours `idempotency-key` (api/deps.guarded_write, the sends)."""
+    """A POST or PATCH that honours `idempotency-key` (api/deps.guarded_write, the sends).
+
+    Documents the header, and `idempotent-replayed` on the success answer.
+    """
 
     def __post_init__(self) -> None:
         super().__post_init__()

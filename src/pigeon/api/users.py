@@ -33,7 +33,6 @@ USER_RULES = (
         201: doc.ok(User, doc.USER, "The User, created"),
         **doc.problems(*doc.WRITE, *USER_RULES),
     },
-    operation_class=doc.IdempotentWrite,
 )
 async def create_user(
     request: Request[Any, Any, Any],
@@ -53,7 +52,6 @@ async def create_user(
         200: doc.ok(UserList, {"items": [doc.USER], "next_cursor": None}, "A page of Users"),
         **doc.problems(*doc.LIST),
     },
-    operation_class=doc.DocumentedOperation,
 )
 async def list_users(
     request: Request[Any, Any, Any],
@@ -74,7 +72,6 @@ async def list_users(
         200: doc.ok(User, doc.USER, "The User"),
         **doc.problems(*doc.READ, doc.USER_NOT_FOUND),
     },
-    operation_class=doc.DocumentedOperation,
 )
 async def get_user(request: Request[Any, Any, Any], account_id: AccountId, user_id: UserId) -> User:
     async with services(request).reader.connect() as conn:
@@ -89,7 +86,6 @@ async def get_user(request: Request[Any, Any, Any], account_id: AccountId, user_
         200: doc.ok(User, doc.USER, "The User, updated"),
         **doc.problems(*doc.WRITE, doc.USER_NOT_FOUND, *USER_RULES),
     },
-    operation_class=doc.IdempotentWrite,
 )
 async def update_user(
     request: Request[Any, Any, Any],
@@ -109,7 +105,6 @@ async def update_user(
     "/{user_id:str}",
     summary="Delete a User",
     responses=doc.problems(*doc.READ, doc.USER_NOT_FOUND),
-    operation_class=doc.DocumentedOperation,
 )
 async def delete_user(
     request: Request[Any, Any, Any], account_id: AccountId, user_id: UserId

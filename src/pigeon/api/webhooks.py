@@ -43,7 +43,6 @@ ANSWER = doc.ok(WebhookAnswer, doc.WEBHOOK_ANSWER, "What was received and applie
     "`GET /v1/extensions/infobip` gives; no API key.",
     security=doc.NO_AUTH,
     responses={200: ANSWER, **WEBHOOK_PROBLEMS},
-    operation_class=doc.DocumentedOperation,
 )
 async def inbound(
     request: Request[Any, Any, Any],
@@ -65,7 +64,6 @@ async def inbound(
     "`GET /v1/extensions/infobip` gives; no API key.",
     security=doc.NO_AUTH,
     responses={200: ANSWER, **WEBHOOK_PROBLEMS},
-    operation_class=doc.DocumentedOperation,
 )
 async def reports(
     request: Request[Any, Any, Any],

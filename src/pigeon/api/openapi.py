@@ -87,6 +87,8 @@ MISSING_API_KEY = Documented(
 )
 INVALID_API_KEY = Documented(401, "invalid_api_key", "invalid or revoked API key")
 INVALID_WEBHOOK_TOKEN = Documented(401, "invalid_webhook_token", "unknown webhook URL")
+INVALID_TWILIO_SIGNATURE = Documented(401, "invalid_twilio_signature", "invalid X-Twilio-Signature")
+MALFORMED_CALLBACK = Documented(400, "malformed_callback", "a status callback names its MessageSid")
 USER_NOT_FOUND = Documented(404, "user_not_found", f"user {OTHER_ID} not found")
 IDENTITY_NOT_FOUND = Documented(404, "identity_not_found", f"identity {OTHER_ID} not found")
 MESSAGE_NOT_FOUND = Documented(404, "message_not_found", "message 1795854949169642417726 not found")

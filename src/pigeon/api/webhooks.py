@@ -81,6 +81,19 @@ async def reports(
     "/{owner:str}/{token:str}/status",
     status_code=200,
     summary="Message status callbacks (Twilio's form-encoded format, signed)",
+    description="The URL Pigeon gave Twilio; no API key, but `X-Twilio-Signature` must sign "
+    "this URL and the form's parameters with the account's auth token.",
+    security=doc.NO_AUTH,
+    responses={
+        200: ANSWER,
+        **doc.problems(
+            doc.MALFORMED_CALLBACK,
+            doc.INVALID_TWILIO_SIGNATURE,
+            doc.INVALID_WEBHOOK_TOKEN,
+            doc.TOO_LARGE,
+            doc.DATABASE_UNAVAILABLE,
+        ),
+    },
 )
 async def twilio_status(request: Request[Any, Any, Any], owner: str, token: str) -> WebhookAnswer:
     body = (await request.body()).decode("utf-8", errors="replace")

@@ -43,7 +43,7 @@ from pigeon.idempotency.store import IdempotencyStore
 from pigeon.messages.accept import AcceptPipeline, AcceptWriter
 from pigeon.messages.pg_accept import PostgresAcceptWriter
 from pigeon.messages.sqlite_accept import SqliteAcceptWriter
-from pigeon.serversecret import reencrypt_credentials, with_server_secret
+from pigeon.serversecret import prepare_secrets, with_server_secret
 
 log = structlog.get_logger("pigeon.app")
 
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             ),
             stream=StreamHub(reader),
         )
-        await reencrypt_credentials(engine, settings)
+        await prepare_secrets(engine, settings)
         svc.accept.start()
         app.state.services = svc
         if settings.demo:

@@ -170,12 +170,12 @@ def webhooks() -> None:
     """Print the platform account's delivery-report and inbound URLs to configure in Infobip."""
     from pigeon.extensions.service import webhook_urls
     from pigeon.messages.whatsapp import PLATFORM
-    from pigeon.webhooks.service import platform_webhook_token
+    from pigeon.webhooks.tokens import webhook_token
 
-    settings = _settings()
+    settings = _server_settings(_settings())
 
     async def work(conn: AsyncConnection) -> str:
-        return await platform_webhook_token(conn=conn)
+        return await webhook_token(conn=conn, settings=settings, owner=PLATFORM)
 
     urls = webhook_urls(settings.base_url, PLATFORM, _in_transaction(settings, work))
     _print({"delivery_reports": urls.deliveryReports, "inbound": urls.inbound}, False)
@@ -280,14 +280,14 @@ def worker(
     from pigeon.dispatch.deliveries import DeliveryWorker
     from pigeon.dispatch.registry import ProviderRegistry
     from pigeon.dispatch.worker import Worker, tune_gc_for_batches
-    from pigeon.serversecret import reencrypt_credentials
+    from pigeon.serversecret import prepare_secrets
 
     settings = _server_settings(_settings())
     tune_gc_for_batches()
 
     async def run() -> None:
         engine = create_engine(settings.database_url)
-        await reencrypt_credentials(engine, settings)
+        await prepare_secrets(engine, settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -116,3 +116,13 @@ async def reencrypt_credentials(engine: AsyncEngine, settings: Settings) -> int:
     if moved:
         log.info("re-encrypted provider credentials with the current secret", count=moved)
     return moved
+
+
+async def prepare_secrets(engine: AsyncEngine, settings: Settings) -> None:
+    """At start-up: credentials and webhook tokens of earlier secrets move to the current one."""
+    from pigeon.webhooks.tokens import prepare_webhook_secret
+
+    await reencrypt_credentials(engine, settings)
+    path = secret_file(settings)
+    earlier = [path.read_text().strip()] if path is not None and path.exists() else []
+    await prepare_webhook_secret(engine, settings, older=earlier)

@@ -23,7 +23,6 @@ log = structlog.get_logger("pigeon.accounts")
 class Account:
     id: str
     name: str
-    webhook_token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,19 +46,15 @@ async def create_account(
     *, conn: AsyncConnection, name: str, account_id: str | None = None
 ) -> Account:
     """Create a tenant."""
-    account = Account(id=account_id or new_object_id(), name=name, webhook_token=new_token())
-    await conn.execute(
-        accounts.insert().values(
-            id=account.id, name=name, webhook_token=account.webhook_token, created_at=utcnow()
-        )
-    )
+    account = Account(id=account_id or new_object_id(), name=name)
+    await conn.execute(accounts.insert().values(id=account.id, name=name, created_at=utcnow()))
     return account
 
 
 async def list_accounts(*, conn: AsyncConnection) -> list[Account]:
     """Every tenant, oldest first."""
     rows = await conn.execute(select(accounts).order_by(accounts.c.created_at, accounts.c.id))
-    return [Account(id=r.id, name=r.name, webhook_token=r.webhook_token) for r in rows]
+    return [Account(id=r.id, name=r.name) for r in rows]
 
 
 async def get_account(*, conn: AsyncConnection, account_id: str) -> Account:
@@ -67,7 +62,7 @@ async def get_account(*, conn: AsyncConnection, account_id: str) -> Account:
     row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
     if row is None:
         raise NotFound(f"account {account_id} not found", code="account_not_found")
-    return Account(id=row.id, name=row.name, webhook_token=row.webhook_token)
+    return Account(id=row.id, name=row.name)
 
 
 async def create_key(

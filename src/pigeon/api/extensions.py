@@ -44,9 +44,7 @@ async def put_extension(
 async def get_extension(request: Request[Any, Any, Any], account_id: AccountId) -> InfobipExtension:
     svc = services(request)
     async with svc.reader.connect() as conn:
-        return await service.get_extension(
-            conn=conn, account_id=account_id, base_url=svc.settings.base_url
-        )
+        return await service.get_extension(conn=conn, account_id=account_id, settings=svc.settings)
 
 
 @delete(

@@ -142,7 +142,9 @@ UNEXPECTED = "an unexpected error occurred; it has been logged"
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    log.exception("unhandled error", path=request.url.path, method=request.method)
+    # The route's template, never the path: a webhook's path holds its secret token.
+    route = request.scope.get("path_template") or "(no route)"
+    log.exception("unhandled error", route=route, method=request.method)
     return problem(
         500,
         "internal_error",

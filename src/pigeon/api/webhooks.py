@@ -51,8 +51,9 @@ async def inbound(
     data: Annotated[InboundMessages, Body(examples=doc.example(doc.INBOUND))],
 ) -> WebhookAnswer:
     raw = await _raw_results(request)
-    async with services(request).engine.begin() as conn:
-        await service.authenticate(conn=conn, owner=owner, token=token)
+    svc = services(request)
+    async with svc.engine.begin() as conn:
+        await service.authenticate(conn=conn, settings=svc.settings, owner=owner, token=token)
         return await service.record_inbound(conn=conn, owner=owner, payload=data, raw=raw)
 
 
@@ -72,8 +73,9 @@ async def reports(
     data: Annotated[DeliveryReports, Body(examples=doc.example(doc.DELIVERY_REPORTS))],
 ) -> WebhookAnswer:
     raw = await _raw_results(request)
-    async with services(request).engine.begin() as conn:
-        await service.authenticate(conn=conn, owner=owner, token=token)
+    svc = services(request)
+    async with svc.engine.begin() as conn:
+        await service.authenticate(conn=conn, settings=svc.settings, owner=owner, token=token)
         return await service.apply_reports(conn=conn, owner=owner, payload=data, raw=raw)
 
 

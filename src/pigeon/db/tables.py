@@ -58,7 +58,6 @@ accounts = Table(
     metadata,
     Column("id", String(24), primary_key=True),
     Column("name", String(200), nullable=False),
-    Column("webhook_token", String(64), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
 )
 
@@ -241,6 +240,15 @@ console_sessions = Table(
     Column("csrf_token", String(64), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False, index=True),
+)
+
+# Webhook tokens that can no longer be derived (pigeon.webhooks.tokens), as SHA-256.
+webhook_token_hashes = Table(
+    "webhook_token_hashes",
+    metadata,
+    Column("owner", String(64), primary_key=True),
+    Column("token_hash", String(64), primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
 )
 
 platform_state = Table(

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.config import Settings
-from pigeon.db.tables import accounts, infobip_extensions
+from pigeon.db.tables import infobip_extensions
 from pigeon.dispatch.circuit import Circuits
 from pigeon.dispatch.routing import Route
 from pigeon.extensions.crypto import decrypt_secret
@@ -26,7 +26,7 @@ from pigeon.messages.whatsapp import PLATFORM
 from pigeon.netguard import guarded_transport
 from pigeon.providers.base import PeopleSync, Provider
 from pigeon.providers.sandbox import SandboxPeople, SandboxProvider
-from pigeon.webhooks.service import platform_webhook_token
+from pigeon.webhooks.tokens import webhook_token
 
 if TYPE_CHECKING:
     from pigeon.providers.infobip import InfobipProvider
@@ -132,7 +132,7 @@ class ProviderRegistry:
                 sender=settings.email_sender,
             )
             return SmtpProvider(relay)
-        token = await platform_webhook_token(conn=conn)
+        token = await webhook_token(conn=conn, settings=settings, owner=PLATFORM)
         if name == "twilio":
             from pigeon.providers.twilio import TwilioAccount, TwilioProvider, status_callback_url
 
@@ -166,9 +166,7 @@ class ProviderRegistry:
 
         row = (
             await conn.execute(
-                select(infobip_extensions, accounts.c.webhook_token)
-                .join(accounts, accounts.c.id == infobip_extensions.c.account_id)
-                .where(infobip_extensions.c.account_id == account_id)
+                select(infobip_extensions).where(infobip_extensions.c.account_id == account_id)
             )
         ).first()
         if row is None:
@@ -183,7 +181,9 @@ class ProviderRegistry:
             whatsapp_sender=row.whatsapp_sender,
             email_sender=row.email_sender,
             notify_url=webhook_urls(
-                self.settings.base_url, account_id, row.webhook_token
+                self.settings.base_url,
+                account_id,
+                await webhook_token(conn=conn, settings=self.settings, owner=account_id),
             ).deliveryReports,
         )
         provider = InfobipProvider(account, self.tenant_client)

@@ -18,6 +18,7 @@ from pigeon.extensions.schemas import InfobipExtension, InfobipExtensionIn, Webh
 from pigeon.identities.sync import request_sync_all
 from pigeon.netguard import check_url_shape, check_url_target
 from pigeon.validation import normalize_email, normalize_phone
+from pigeon.webhooks.tokens import webhook_token
 
 
 def webhook_urls(base_url: str, owner: str, token: str) -> Webhooks:
@@ -68,7 +69,7 @@ async def put_extension(
             .values(updated_at=now, **values)
         )
     await request_sync_all(conn=conn, account_id=account_id)
-    return await get_extension(conn=conn, account_id=account_id, base_url=settings.base_url)
+    return await get_extension(conn=conn, account_id=account_id, settings=settings)
 
 
 async def _row(conn: AsyncConnection, account_id: str) -> Row[Any] | None:
@@ -84,7 +85,7 @@ def _not_enabled() -> NotFound:
 
 
 async def get_extension(
-    *, conn: AsyncConnection, account_id: str, base_url: str
+    *, conn: AsyncConnection, account_id: str, settings: Settings
 ) -> InfobipExtension:
     """The extension as the tenant may see it: key masked, webhook URLs included."""
     row = await _row(conn, account_id)
@@ -98,7 +99,11 @@ async def get_extension(
         smsSender=row.sms_sender,
         whatsappSender=row.whatsapp_sender,
         emailSender=row.email_sender,
-        webhooks=webhook_urls(base_url, account.id, account.webhook_token),
+        webhooks=webhook_urls(
+            settings.base_url,
+            account.id,
+            await webhook_token(conn=conn, settings=settings, owner=account.id),
+        ),
         createdAt=row.created_at,
         updatedAt=row.updated_at,
     )

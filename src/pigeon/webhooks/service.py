@@ -2,59 +2,43 @@
 
 from __future__ import annotations
 
-import hmac
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from sqlalchemy import Select, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon import metrics
 from pigeon.clock import utcnow
-from pigeon.db.tables import accounts, messages, platform_state, users
+from pigeon.config import Settings
+from pigeon.db.tables import accounts, messages, users
 from pigeon.errors import Unauthorized
 from pigeon.events.catalogue import WHATSAPP_RECEIVED
 from pigeon.events.service import NewEvent, record_events
-from pigeon.ids import is_object_id, new_token
+from pigeon.ids import is_object_id
 from pigeon.messages import whatsapp
 from pigeon.messages.reports import StatusReport, apply_statuses
 from pigeon.messages.status import Status, status_for
 from pigeon.providers.base import normalised_error
 from pigeon.webhooks.schemas import DeliveryReports, InboundMessages, WebhookAnswer
+from pigeon.webhooks.tokens import is_valid_token
 
 log = structlog.get_logger("pigeon.webhooks")
 INFOBIP = "infobip"  # the provider whose report format these webhooks speak
-PLATFORM_TOKEN = "platform_webhook_token"  # noqa: S105 - the name of a row, not a secret
 
 
-async def platform_webhook_token(*, conn: AsyncConnection) -> str:
-    """The platform account's webhook token, created on first use."""
-    query = select(platform_state.c.value).where(platform_state.c.name == PLATFORM_TOKEN)
-    token = (await conn.execute(query)).scalar_one_or_none()
-    if token is not None:
-        return str(token)
-    try:
-        async with conn.begin_nested():
-            await conn.execute(
-                platform_state.insert().values(name=PLATFORM_TOKEN, value=new_token())
-            )
-    except IntegrityError:
-        pass  # another process created it first: use theirs
-    return str((await conn.execute(query)).scalar_one())
-
-
-async def authenticate(*, conn: AsyncConnection, owner: str, token: str) -> None:
+async def authenticate(
+    *, conn: AsyncConnection, settings: Settings, owner: str, token: str
+) -> None:
     """Check the URL's token for `owner` ("platform" or an account id) in constant time."""
-    expected: str | None = None
-    if owner == whatsapp.PLATFORM:
-        expected = await platform_webhook_token(conn=conn)
-    elif is_object_id(owner):  # an account id; other text (a NUL too) never reaches the database
-        query = select(accounts.c.webhook_token).where(accounts.c.id == owner)
-        expected = (await conn.execute(query)).scalar_one_or_none()
-    if expected is None or not hmac.compare_digest(expected.encode(), token.encode()):
+    if owner != whatsapp.PLATFORM:
+        # An account id; other text (a NUL too) never reaches the database.
+        query = select(accounts.c.id).where(accounts.c.id == owner)
+        if not is_object_id(owner) or (await conn.execute(query)).first() is None:
+            raise Unauthorized("unknown webhook URL", code="invalid_webhook_token")
+    if not await is_valid_token(conn=conn, settings=settings, owner=owner, token=token):
         raise Unauthorized("unknown webhook URL", code="invalid_webhook_token")
 
 

@@ -48,7 +48,7 @@ async def apply_status_callback(
     """Authenticate a status callback and move the message it names; unknown ids are logged."""
     if owner != whatsapp.PLATFORM:  # Twilio sends for the platform only
         raise Unauthorized("unknown webhook URL", code="invalid_webhook_token")
-    await authenticate(conn=conn, owner=owner, token=token)
+    await authenticate(conn=conn, settings=settings, owner=owner, token=token)
     check_signature(settings, url, params, given_signature)
     fields = dict(params)
     sid = fields.get("MessageSid") or fields.get("SmsSid")

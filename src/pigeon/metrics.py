@@ -188,6 +188,8 @@ def _committed(connection: Connection) -> None:
 
 @event.listens_for(Engine, "rollback")
 def _rolled_back(connection: Connection) -> None:
+    if connection.invalidated:
+        return  # the connection is gone, and its info with it (reading it would raise)
     connection.info.pop(_PENDING, None)
 
 

@@ -161,3 +161,81 @@ def test_a_documented_problem_is_what_the_server_answers(
     assert response.status_code == 401
     assert response.headers["content-type"] == "application/problem+json"
     assert {k: v for k, v in response.json().items() if k != "instance"} == documented
+
+
+WHATSAPP_SENDS = [
+    "/v1/users/{user_id}/message/whatsapp",
+    "/v1/identities/{identity_id}/person/message/whatsapp",
+    "/v1/apps/message/whatsapp",
+]
+
+
+def _body_examples(operation: dict[str, Any]) -> list[Any]:
+    return operation["requestBody"]["content"]["application/json"]["schema"]["examples"]  # type: ignore[no-any-return]
+
+
+def _problem_codes(operation: dict[str, Any], status: str) -> dict[str, Any]:
+    examples = operation["responses"][status]["content"]["application/problem+json"]["examples"]
+    return {e["value"]["code"]: e["value"] for e in examples.values()}
+
+
+def test_orangepill_template_form_is_documented_and_its_example_sends(
+    document: dict[str, Any], demo: httpx.Client
+) -> None:
+    content = document["components"]["schemas"]["WhatsAppContent"]["properties"]
+    assert {"text", "template", "templateName", "templateData", "language"} <= set(content)
+    for path in WHATSAPP_SENDS:
+        operation = document["paths"][path]["post"]
+        [orangepill] = [e for e in _body_examples(operation) if "templateName" in e["content"]]
+        assert orangepill["content"]["templateData"] == {"body": {"placeholders": ["Ana"]}}
+        assert orangepill["content"]["language"] == "en"
+        assert ("to" in orangepill) == path.startswith("/v1/apps/")
+        errors = operation["responses"]["422"]["content"]["application/problem+json"]["examples"]
+        fields = {f["field"] for e in errors.values() for f in e["value"].get("errors") or []}
+        assert "content.language" in fields, path
+    url = f"/v1/users/{DEMO_ID}/message/whatsapp"
+    [example] = [
+        e
+        for e in _body_examples(document["paths"][WHATSAPP_SENDS[0]]["post"])
+        if "templateName" in e["content"]
+    ]
+    sent = demo.post(url, json=example)
+    assert sent.status_code == 200, sent.text
+    missing = demo.post(url, json={"content": {"templateName": "welcome_multiple_languages"}})
+    assert missing.status_code == 422
+    assert missing.json()["errors"][0]["field"] == "content.language"
+
+
+def test_the_person_sub_resource_is_documented(document: dict[str, Any]) -> None:
+    operation = document["paths"]["/v1/identities/{identity_id}/person"]["post"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body["allOf"] == [{"$ref": "#/components/schemas/Person"}]
+    [example] = body["examples"]
+    assert {"firstName", "lastName", "contactInformation"} <= set(example)
+    [answer] = operation["responses"]["200"]["content"]["application/json"]["examples"].values()
+    assert answer["value"]["type"] == "person"
+    assert "idempotent-replayed" in operation["responses"]["200"]["headers"]
+    assert "identity_not_found" in _problem_codes(operation, "404")
+    invalid = _problem_codes(operation, "422")["invalid_phone"]
+    assert invalid["errors"][0]["field"] == "contactInformation.phone[0].number"
+    assert {"400", "401", "409", "413", "503"} <= set(operation["responses"])
+
+
+def test_head_health_and_the_message_filters_are_documented(document: dict[str, Any]) -> None:
+    health = document["paths"]["/health"]
+    assert set(health) == {"get", "head"}
+    assert health["head"]["security"] == [{}]
+    assert "200" in health["head"]["responses"]
+    parameters = {p["name"]: p for p in document["paths"]["/v1/messages"]["get"]["parameters"]}
+    assert parameters["from"]["schema"]["format"] == "date-time"
+    assert parameters["to"]["schema"]["format"] == "date-time"
+    assert "+" in parameters["recipient"]["description"]
+    listed = document["paths"]["/v1/messages"]["get"]
+    fields = {
+        f["field"]
+        for e in listed["responses"]["422"]["content"]["application/problem+json"][
+            "examples"
+        ].values()
+        for f in e["value"].get("errors") or []
+    }
+    assert {"recipient", "from"} <= fields

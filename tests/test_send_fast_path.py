@@ -69,6 +69,25 @@ CASES: dict[str, list[tuple[str, dict[str, Any] | bytes, dict[str, str]]]] = {
         (f"{USER}/sms", {"content": {"text": "changed"}}, {"idempotency-key": "{key}"}),
     ],
     "a key too long": [(f"{USER}/sms", SMS, {"idempotency-key": "k" * 256})],
+    "an Orangepill template to a user": [
+        (
+            f"{USER}/whatsapp",
+            {
+                "content": {
+                    "templateName": "welcome",
+                    "templateData": {"body": {"placeholders": ["Ana"]}},
+                    "language": "en",
+                }
+            },
+            {},
+        )
+    ],
+    "an Orangepill template without its language": [
+        (f"{USER}/whatsapp", {"content": {"templateName": "welcome"}}, {})
+    ],
+    "an Orangepill template and text": [
+        (f"{USER}/whatsapp", {"content": {"templateName": "w", "language": "en", "text": "x"}}, {})
+    ],
 }
 
 

@@ -147,6 +147,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             webhook_endpoints.router,
             stream.stream,
             health.health,
+            health.health_head,
             health.ready,
             health.prometheus,
             console.router,

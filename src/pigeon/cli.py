@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.accounts import service as accounts
@@ -54,11 +56,48 @@ def _server_settings(settings: Settings) -> Settings:
         raise typer.Exit(2) from None
 
 
+def _schema_heads(conn: Connection) -> tuple[str, ...]:
+    from alembic.runtime.migration import MigrationContext
+
+    return tuple(sorted(MigrationContext.configure(conn).get_current_heads()))
+
+
+async def _not_migrated(settings: Settings, conn: AsyncConnection) -> str | None:
+    """Why this database cannot be used by this code yet, or None when it is at the head."""
+    # Alembic logs its plugins (on import) and its context at INFO: noise in a command's output.
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)
+    try:
+        from alembic.script import ScriptDirectory
+
+        from pigeon.db.migrate import alembic_config
+
+        heads = tuple(sorted(ScriptDirectory.from_config(alembic_config(settings)).get_heads()))
+        current = await conn.run_sync(_schema_heads)
+    finally:
+        alembic_log.setLevel(level)
+    if current == heads:
+        return None
+    needs = ", ".join(heads)
+    if not current:
+        return f"the database has no schema yet (this version needs {needs})"
+    return f"the database is at {', '.join(current)}, this version needs {needs}"
+
+
 def _in_transaction(settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run `work` in one transaction on a migrated database; errors become a message, exit 1."""
+    database = settings.sqlite_path()
+    if database is not None and not database.exists():
+        _fail(f"there is no database at {database}: run `pigeon db upgrade` first")
+
     async def run() -> T:
         engine = create_engine(settings.database_url)
         try:
             async with engine.begin() as conn:
+                problem = await _not_migrated(settings, conn)
+                if problem is not None:
+                    _fail(f"{problem}: run `pigeon db upgrade` first")
                 return await work(conn)
         finally:
             await engine.dispose()
@@ -66,8 +105,12 @@ def _in_transaction(settings: Settings, work: Callable[[AsyncConnection], Awaita
     try:
         return asyncio.run(run())
     except PigeonError as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        raise typer.Exit(1) from None
+        _fail(exc.detail)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
 
 
 def _print(data: dict[str, Any], as_json: bool) -> None:
@@ -128,6 +171,39 @@ def keys_create(
     _print(_in_transaction(_settings(), work), as_json)
 
 
+@keys_app.command("list")
+def keys_list(
+    account: Annotated[
+        str | None, typer.Option("--account", help="Only this account's keys.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List API keys: ids, hints, created, revoked (never the keys themselves)."""
+
+    async def work(conn: AsyncConnection) -> list[accounts.KeyInfo]:
+        return await accounts.list_keys(conn=conn, account_id=account)
+
+    rows = [
+        {
+            "key_id": key.id,
+            "account_id": key.account_id,
+            "hint": f"****{key.hint}",
+            "created_at": key.created_at.isoformat(),
+            "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        }
+        for key in _in_transaction(_settings(), work)
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for row in rows:
+        revoked = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        typer.echo(
+            f"{row['key_id']}  {row['account_id']}  {row['hint']}  "
+            f"created {row['created_at']}  {revoked}"
+        )
+
+
 @keys_app.command("revoke")
 def keys_revoke(key_id: str) -> None:
     """Revoke an API key by its id."""
@@ -145,6 +221,11 @@ def demo() -> None:
     from pigeon.demo import DEMO_API_KEY, DEMO_OBJECT_ID, seed_demo
 
     settings = _server_settings(_settings().model_copy(update={"demo": True}))
+
+    async def nothing(conn: AsyncConnection) -> None:
+        return None
+
+    _in_transaction(settings, nothing)  # says so if the database is not migrated
 
     async def run() -> str:
         engine = create_engine(settings.database_url)

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 from sqlalchemy import select, update
@@ -82,6 +83,29 @@ async def create_key(
         )
     )
     return created
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """An API key as an operator may see it: never the key, only its last characters."""
+
+    id: str
+    account_id: str
+    hint: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def list_keys(*, conn: AsyncConnection, account_id: str | None = None) -> list[KeyInfo]:
+    """Every API key (of one account), oldest first."""
+    query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+    if account_id is not None:
+        await get_account(conn=conn, account_id=account_id)
+        query = query.where(api_keys.c.account_id == account_id)
+    return [
+        KeyInfo(r.id, r.account_id, r.hint, r.created_at, r.revoked_at)
+        for r in await conn.execute(query)
+    ]
 
 
 async def revoke_key(*, conn: AsyncConnection, key_id: str) -> None:

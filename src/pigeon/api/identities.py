@@ -11,13 +11,34 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from pigeon.api import openapi as doc
 from pigeon.api.deps import AccountId, guarded_write, services
 from pigeon.identities import service
-from pigeon.identities.schemas import Identity, IdentityCreate, IdentityList, IdentityUpdate
+from pigeon.identities.schemas import (
+    Identity,
+    IdentityCreate,
+    IdentityList,
+    IdentityUpdate,
+    Person,
+)
 from pigeon.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="page size")]
 Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page")]
 IdentityId = Annotated[str, doc.path_id("the Identity's id")]
 CONTACT_RULES = (doc.INVALID_PHONE, doc.INVALID_EMAIL)
+# POST /{id}/person names a contact relative to its body (the person itself).
+PERSON_CONTACT_RULES = (
+    doc.Documented(
+        422,
+        "invalid_phone",
+        "contactInformation.phone[0].number: '12' is not a phone number",
+        field="contactInformation.phone[0].number",
+    ),
+    doc.Documented(
+        422,
+        "invalid_email",
+        "contactInformation.email[0].address: An email address must have an @-sign.",
+        field="contactInformation.email[0].address",
+    ),
+)
 
 
 @post(
@@ -100,6 +121,32 @@ async def update_identity(
     return await guarded_write(request, account_id, action)
 
 
+@post(
+    "/{identity_id:str}/person",
+    status_code=200,
+    summary="Set an Identity's person",
+    description="Orangepill's person sub-resource: replaces the identity's person (firstName, "
+    "lastName, contactInformation) and makes it an identity of type person; the Infobip CDP "
+    "sync follows as for any update. Contacts are validated and normalised like a create's.",
+    responses={
+        200: doc.ok(Identity, doc.IDENTITY, "The Identity, now of type person"),
+        **doc.problems(*doc.WRITE, doc.IDENTITY_NOT_FOUND, *PERSON_CONTACT_RULES),
+    },
+)
+async def set_person(
+    request: Request[Any, Any, Any],
+    account_id: AccountId,
+    identity_id: IdentityId,
+    data: Annotated[Person, Body(examples=doc.example(doc.PERSON))],
+) -> Response[bytes]:
+    async def action(conn: AsyncConnection) -> Identity:
+        return await service.set_person(
+            conn=conn, account_id=account_id, identity_id=identity_id, body=data
+        )
+
+    return await guarded_write(request, account_id, action)
+
+
 @delete(
     "/{identity_id:str}",
     summary="Delete an Identity",
@@ -119,6 +166,7 @@ router = Router(
         list_identities,
         get_identity,
         update_identity,
+        set_person,
         delete_identity,
     ],
     tags=["Identities"],

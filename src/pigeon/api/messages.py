@@ -4,16 +4,19 @@ and reading back (/v1/messages)."""
 # The send handlers are built by factories; each sets its real body type on `data` so that
 # Litestar validates and documents it (no `from __future__ import annotations` here).
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.spec import Example
 from litestar.params import Body, Parameter, QueryParameter
 
 from pigeon.api import openapi as doc
 from pigeon.api.deps import AccountId, account_of, require_api_key, services
-from pigeon.errors import NotFound
+from pigeon.errors import NotFound, field_error
 from pigeon.idempotency.store import check_key, fingerprint, scope_id
 from pigeon.ids import is_object_id
 from pigeon.messages import query
@@ -83,7 +86,7 @@ async def _submit(request: Request[Any, Any, Any], item: SendRequest) -> Respons
 def _route(
     kind: str, channel: Channel, body: type[Any], path: str, send: Any, **options: Any
 ) -> HTTPRouteHandler:
-    examples = doc.example(doc.SEND_EXAMPLES[kind, channel])
+    examples = doc.send_examples(kind, channel)
     send.__annotations__["data"] = Annotated[body, Body(examples=examples)]
     return post(
         path,
@@ -164,6 +167,46 @@ def app_send_handler(channel: Channel, body: type[Any]) -> HTTPRouteHandler:
 
 
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="page size")]
+# Taken as text and parsed here, so that a bad value is reported under its own name (`from`),
+# not the handler's argument's.
+DATE_TIME = {"format": "date-time"}
+From = Annotated[
+    str | None,
+    QueryParameter(
+        name="from", description="created at or after (RFC 3339)", schema_extra=DATE_TIME
+    ),
+]
+To = Annotated[
+    str | None,
+    QueryParameter(name="to", description="created before (RFC 3339)", schema_extra=DATE_TIME),
+]
+
+
+FILTER_PROBLEMS = (
+    doc.Documented(
+        422, "invalid_phone", "recipient: '12' is not a phone number", field="recipient"
+    ),
+    doc.Documented(
+        422,
+        "validation_error",
+        "from: must be an RFC 3339 date-time such as 2026-12-01T08:00:00Z",
+        field="from",
+    ),
+)
+
+
+def _moment(value: str | None, field: str) -> datetime | None:
+    """A query's RFC 3339 time, or a 422 naming `field`."""
+    if value is None:
+        return None
+    # A `+` offset arrives as a space when the client did not encode it (form encoding).
+    text = re.sub(r" (\d\d:?\d\d)$", r"+\1", value.strip())
+    try:
+        return msgspec.json.decode(msgspec.json.encode(text), type=datetime)
+    except msgspec.ValidationError:
+        raise field_error(
+            field, "must be an RFC 3339 date-time such as 2026-12-01T08:00:00Z"
+        ) from None
 
 
 @get(
@@ -190,7 +233,7 @@ async def get_message(
     tags=["Messages"],
     responses={
         200: doc.ok(MessageList, doc.MESSAGE_LIST, "A page of messages"),
-        **doc.problems(*doc.LIST),
+        **doc.problems(*doc.LIST, *FILTER_PROBLEMS),
     },
 )
 async def list_messages(
@@ -204,10 +247,15 @@ async def list_messages(
     ] = None,
     recipient: Annotated[
         str | None,
-        Parameter(description="a user or identity id, or a destination", pattern=NO_NUL_PATTERN),
+        Parameter(
+            description="a user or identity id, or a destination: an email or a phone number "
+            "with or without `+` (`%2B`, or a literal `+`, which arrives as a space: both work)",
+            pattern=NO_NUL_PATTERN,
+            examples=[Example(value="+38598123456")],
+        ),
     ] = None,
-    since: Annotated[datetime | None, QueryParameter(name="from")] = None,
-    until: Annotated[datetime | None, QueryParameter(name="to")] = None,
+    since: From = None,
+    until: To = None,
 ) -> MessageList:
     async with services(request).reader.connect() as conn:
         return await query.list_messages(
@@ -218,8 +266,8 @@ async def list_messages(
             channel=channel,
             status=status,
             recipient=recipient,
-            since=since,
-            until=until,
+            since=_moment(since, "from"),
+            until=_moment(until, "to"),
         )
 
 

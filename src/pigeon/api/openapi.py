@@ -425,6 +425,23 @@ EMAIL = {
         "text": "This is test text email message",
     }
 }
+# A WhatsApp template (outside the 24-hour window) in Orangepill's form, and in Pigeon's.
+WHATSAPP_TEMPLATE = {
+    "content": {
+        "templateName": "welcome_multiple_languages",
+        "templateData": {"body": {"placeholders": ["Ana"]}},
+        "language": "en",
+    }
+}
+WHATSAPP_TEMPLATE_OBJECT = {
+    "content": {
+        "template": {
+            "name": "welcome_multiple_languages",
+            "language": "en",
+            "placeholders": ["Ana"],
+        }
+    }
+}
 APP_SMS = {"to": "38598123456", **SMS}
 APP_WHATSAPP = {"to": "38598123456", **WHATSAPP}
 APP_EMAIL = {"to": "ana.horvat@example.com", **EMAIL}
@@ -517,9 +534,15 @@ SEND_RULES = {
     ),
     "app": (),
 }
+TEMPLATE_LANGUAGE = Documented(
+    422,
+    "validation_error",
+    "content.language: a template needs its language, e.g. en",
+    field="content.language",
+)
 CONTENT_RULES = {
     "sms": (EMPTY_TEXT,),
-    "whatsapp": (EMPTY_TEXT, NO_INTERACTION, WINDOW_CLOSED),
+    "whatsapp": (EMPTY_TEXT, TEMPLATE_LANGUAGE, NO_INTERACTION, WINDOW_CLOSED),
     "email": (MISSING_SUBJECT, MISSING_BODY),
 }
 APP_DESTINATION = {"sms": INVALID_TO_PHONE, "whatsapp": INVALID_TO_PHONE, "email": INVALID_TO_EMAIL}
@@ -534,6 +557,18 @@ SEND_EXAMPLES = {
     ("person", "email"): EMAIL,
     ("app", "email"): APP_EMAIL,
 }
+
+
+def send_examples(kind: str, channel: str) -> list[Example]:
+    """A send body's examples: the docs' text, and for WhatsApp a template in both forms."""
+    found = example(SEND_EXAMPLES[kind, channel])
+    if channel == "whatsapp":
+        to = {"to": APP_WHATSAPP["to"]} if kind == "app" else {}
+        found += [
+            Example(summary="a template, Orangepill's form", value={**to, **WHATSAPP_TEMPLATE}),
+            Example(summary="a template", value={**to, **WHATSAPP_TEMPLATE_OBJECT}),
+        ]
+    return found
 
 
 def send_problems(kind: str, channel: str) -> tuple[Documented, ...]:

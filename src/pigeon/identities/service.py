@@ -44,21 +44,16 @@ def _identity(row: Row[Any]) -> Identity:
     )
 
 
-def _normalized_person(person: Person) -> dict[str, Any]:
+def _normalized_person(person: Person, *, prefix: str = "person.") -> dict[str, Any]:
     """Validate every contact, normalise it, and return the stored (JSON) form."""
     contact = person.contactInformation
+    where = f"{prefix}contactInformation"
     phones = [
-        Phone(
-            number=normalize_phone(p.number, field=f"person.contactInformation.phone[{i}].number")
-        )
+        Phone(number=normalize_phone(p.number, field=f"{where}.phone[{i}].number"))
         for i, p in enumerate(contact.phone)
     ]
     emails = [
-        Email(
-            address=normalize_email(
-                e.address, field=f"person.contactInformation.email[{i}].address"
-            )
-        )
+        Email(address=normalize_email(e.address, field=f"{where}.email[{i}].address"))
         for i, e in enumerate(contact.email)
     ]
     normalized = Person(
@@ -176,6 +171,22 @@ async def update_identity(
             update(identities)
             .where(identities.c.account_id == account_id, identities.c.id == identity_id)
             .values(**values)
+        )
+        await request_sync(conn=conn, account_id=account_id, identity_id=identity_id)
+    return await get_identity(conn=conn, account_id=account_id, identity_id=identity_id)
+
+
+async def set_person(
+    *, conn: AsyncConnection, account_id: str, identity_id: str, body: Person
+) -> Identity:
+    """POST /v1/identities/{id}/person: the identity's person is `body`, and its type person."""
+    row = await get_identity_row(conn=conn, account_id=account_id, identity_id=identity_id)
+    person = _normalized_person(body, prefix="")
+    if row.type != "person" or row.person != person:
+        await conn.execute(
+            update(identities)
+            .where(identities.c.account_id == account_id, identities.c.id == identity_id)
+            .values(type="person", person=person, updated_at=utcnow())
         )
         await request_sync(conn=conn, account_id=account_id, identity_id=identity_id)
     return await get_identity(conn=conn, account_id=account_id, identity_id=identity_id)

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.db.tables import delivery_attempts, message_events, messages
 from pigeon.errors import NotFound, field_error
+from pigeon.ids import is_object_id
 from pigeon.messages.schemas import (
     CHANNELS,
     DeliveryAttempt,
@@ -21,6 +22,7 @@ from pigeon.messages.schemas import (
 )
 from pigeon.messages.status import group_ids_for, status_for
 from pigeon.pagination import decode_cursor, split_page
+from pigeon.validation import normalize_email, normalize_phone
 
 
 def _as_utc(moment: datetime | None) -> datetime | None:
@@ -47,6 +49,19 @@ def _summary_fields(row: Row[Any]) -> dict[str, Any]:
         "sentAt": row.sent_at,
         "doneAt": row.done_at,
     }
+
+
+def recipient_filter(value: str) -> str:
+    """`?recipient=` as stored: an id as it is, a destination normalised like a send's.
+
+    A `+` in a query string arrives as a space (form encoding), so blanks are dropped first.
+    """
+    text = value.strip()
+    if is_object_id(text):
+        return text
+    if "@" in text:
+        return normalize_email(text, field="recipient")
+    return normalize_phone(text, field="recipient")
 
 
 async def get_message(*, conn: AsyncConnection, account_id: str, message_id: str) -> Message:
@@ -119,8 +134,9 @@ async def list_messages(
             messages.c.group_id.in_(groups) if groups else messages.c.status_id.in_(ids)
         )
     if recipient is not None:
+        wanted = recipient_filter(recipient)
         query = query.where(
-            or_(messages.c.recipient_id == recipient, messages.c.destination == recipient)
+            or_(messages.c.recipient_id == wanted, messages.c.destination == wanted)
         )
     since, until = _as_utc(since), _as_utc(until)
     if since is not None:

@@ -19,6 +19,8 @@ from pigeon.ids import is_object_id
 from pigeon.messages.schemas import (
     Channel,
     EmailContent,
+    Template,
+    TemplateData,
     TextContent,
     WhatsAppContent,
 )
@@ -40,17 +42,37 @@ class Draft:
     content: dict[str, Any]
 
 
+def _whatsapp_template(content: WhatsAppContent) -> Template | None:
+    """The template a WhatsApp content names (in either form), or None for text."""
+    orangepill = content.templateName is not None
+    if not orangepill and (content.templateData is not None or content.language is not None):
+        raise field_error("content.templateName", "templateData and language need a templateName")
+    if [content.text is not None, content.template is not None, orangepill].count(True) != 1:
+        raise Unprocessable(
+            "WhatsApp content takes either text or a template",
+            code="validation_error",
+            errors=[
+                {"field": "content.text", "message": "give text, template or templateName: one"}
+            ],
+        )
+    if not orangepill:
+        return content.template
+    if content.language is None:
+        raise field_error("content.language", "a template needs its language, e.g. en")
+    data = content.templateData or TemplateData()
+    return Template(
+        name=content.templateName or "",
+        language=content.language,
+        placeholders=data.body.placeholders,
+    )
+
+
 def checked_content(channel: Channel, content: Content) -> dict[str, Any]:
     """Validate content beyond its shape: non-empty text; an email needs a subject and a body."""
     if isinstance(content, WhatsAppContent):
-        if (content.text is None) == (content.template is None):
-            raise Unprocessable(
-                "WhatsApp content takes either text or a template",
-                code="validation_error",
-                errors=[{"field": "content.text", "message": "give text or template, not both"}],
-            )
-        if content.template is not None:
-            return {"template": msgspec.to_builtins(content.template)}
+        template = _whatsapp_template(content)
+        if template is not None:
+            return {"template": msgspec.to_builtins(template)}
         content = TextContent(text=content.text or "")
     if isinstance(content, TextContent):
         if not content.text.strip():

@@ -33,19 +33,40 @@ class TextContent(msgspec.Struct, forbid_unknown_fields=True):
     ]
 
 
+TemplateName = Annotated[str, Meta(min_length=1, max_length=512)]
+Language = Annotated[str, Meta(min_length=2, max_length=15, examples=["en", "en_GB"])]
+
+
 class Template(msgspec.Struct, forbid_unknown_fields=True):
     """A pre-approved WhatsApp template: how a business writes outside the 24-hour window."""
 
-    name: Annotated[str, Meta(min_length=1, max_length=512)]
-    language: Annotated[str, Meta(min_length=2, max_length=15, examples=["en", "en_GB"])]
+    name: TemplateName
+    language: Language
     placeholders: list[str] = msgspec.field(default_factory=list)
 
 
+class TemplateBody(msgspec.Struct, forbid_unknown_fields=True):
+    placeholders: list[str] = msgspec.field(default_factory=list)
+
+
+class TemplateData(msgspec.Struct, forbid_unknown_fields=True):
+    """Orangepill's (and Infobip's) template values: the body's placeholders, in order."""
+
+    body: TemplateBody = msgspec.field(default_factory=TemplateBody)
+
+
 class WhatsAppContent(msgspec.Struct, forbid_unknown_fields=True):
-    """WhatsApp content: free-form `text`, or a `template` (exactly one of them)."""
+    """WhatsApp content: free-form `text`, or a template (exactly one of them).
+
+    A template in either form: `template` {name, language, placeholders}, or Orangepill's
+    `templateName`, `templateData.body.placeholders` and `language` beside it.
+    """
 
     text: Annotated[str, Meta(max_length=WHATSAPP_MAX)] | None = None
     template: Template | None = None
+    templateName: TemplateName | None = None
+    templateData: TemplateData | None = None
+    language: Language | None = None
 
 
 class EmailContent(msgspec.Struct, forbid_unknown_fields=True):

@@ -6,6 +6,9 @@ Everything runs on 127.0.0.1, bounded in time, and stops by itself:
 2. ingest    Pigeon on SQLite (sandbox, demo tenant), POST /v1/users/{id}/message/sms
 3. ingest    Pigeon on PostgreSQL with `pigeon serve --workers 2`
 4. dispatch  a backlog of SMS from accepted to acknowledged by a fake Infobip, through the worker
+5. e2e       accept and deliver at once (`pigeon serve`, SQLite and PostgreSQL)
+6. events    the default `pigeon serve` with and without a webhook endpoint subscribed to every
+             event (a receiver on 127.0.0.1): events delivered per second, and what they cost
 It prints one table and writes it as JSON under bench/results/.
 """
 
@@ -24,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +48,7 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "50000"))
 DEMO_KEY = "AXVubzpwQDU1dzByYM=="
 PYTHON = sys.executable
-RUNS = ("sqlite", "postgresql", "dispatch", "e2e")
+RUNS = ("sqlite", "postgresql", "dispatch", "e2e", "events")
 DRAIN_SECONDS = 2.0  # after an e2e run's last slice, what still ends final counts
 # The fake Infobip's delay before it posts a delivery report (the sandbox's default is 0.5 s).
 REPORT_DELAY = float(os.environ.get("BENCH_REPORT_DELAY", "0.5"))
@@ -68,6 +71,10 @@ class Row:
     final_share_of_limit: float | None = None
     backlog: int | None = None
     backlog_seconds: float | None = None
+    # events rows: webhook deliveries that succeeded during Pigeon's slices (and the drain) per
+    # second of load; the deliveries due and not yet made when the load ended.
+    events_per_s: float | None = None
+    event_backlog: int | None = None
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -200,6 +207,96 @@ def limit_app() -> Iterator[tuple[str, int]]:
         stop(server)
 
 
+@contextmanager
+def webhook_receiver() -> Iterator[tuple[str, int]]:
+    """A webhook receiver answering 204 at once (bench/receiver.py): its URL and process id."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            *(PYTHON, "-m", "uvicorn", "bench.receiver:app", "--port", str(port)),
+            *(
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        yield f"http://127.0.0.1:{port}/hook", server.pid
+    finally:
+        stop(server)
+
+
+def subscribe_everything(pigeon_url: str, receiver_url: str) -> None:
+    """The demo tenant's endpoint, subscribed to every event."""
+    response = httpx.post(
+        f"{pigeon_url}/v1/webhook-endpoints",
+        headers={"x-api-key": DEMO_KEY},
+        json={"url": receiver_url, "description": "bench"},
+        timeout=30,
+    )
+    response.raise_for_status()
+
+
+def deliveries_due(database_url: str) -> int:
+    """How many webhook deliveries are due and not made."""
+    from sqlalchemy import func, select
+
+    from pigeon.clock import utcnow
+    from pigeon.db.tables import webhook_deliveries as d
+
+    async def run() -> int:
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                query = select(func.count()).where(
+                    d.c.state == "pending", d.c.next_attempt_at <= utcnow()
+                )
+                return int((await conn.execute(query)).scalar_one())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def event_deliveries(database_url: str) -> tuple[list[float], int]:
+    """When each successful webhook attempt was made (epoch seconds), and how many deliveries
+    are due and not made."""
+    from sqlalchemy import select
+
+    from pigeon.clock import utcnow
+    from pigeon.db.tables import webhook_attempts, webhook_deliveries
+
+    async def run() -> tuple[list[float], int]:
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                done = await conn.execute(
+                    select(webhook_attempts.c.at).where(
+                        webhook_attempts.c.http_status.between(200, 299)
+                    )
+                )
+                due = await conn.execute(
+                    select(webhook_deliveries.c.id).where(
+                        webhook_deliveries.c.state == "pending",
+                        webhook_deliveries.c.next_attempt_at <= utcnow(),
+                    )
+                )
+                return [row.at.timestamp() for row in done], len(due.all())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
 def bench_limit(name: str = "limit: bare ASGI, 1 process") -> Row:
     with limit_app() as (url, pid):
         summary = wrk(url, "limit")
@@ -247,10 +344,11 @@ def pigeon_api(database_url: str, *args: str) -> Any:
 
 
 def alternate(
-    limit_url: str, url: str, run_id: str
+    limit_url: str, url: str, run_id: str, after_slice: Callable[[], None] | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple[float, float]]]:
     """SLICES slices on the limit and on Pigeon, alternating, limit first: the wrk summaries
-    of each, and the wall-clock window of each of Pigeon's slices."""
+    of each, and the wall-clock window of each of Pigeon's slices (`after_slice` is called
+    after each of them)."""
     seconds = SECONDS / SLICES
     limit_slices: list[dict[str, Any]] = []
     pigeon_slices: list[dict[str, Any]] = []
@@ -265,6 +363,8 @@ def alternate(
         ended = time.time()
         pigeon_slices.append(summary)
         windows.append((ended - summary["duration_us"] / 1e6, ended))
+        if after_slice is not None:
+            after_slice()
     return limit_slices, pigeon_slices, windows
 
 
@@ -565,6 +665,7 @@ def end_to_end(
     serve: tuple[str, ...] = (),
     infobip: bool = False,
     worker: bool = False,
+    endpoint: bool = False,
 ) -> list[Row]:
     """Accept and deliver at once, against the limit in alternating slices (see `paired`).
 
@@ -581,21 +682,40 @@ def end_to_end(
         if infobip:
             fake_url, fake_pid = stack.enter_context(fake_infobip())
             env = infobip_env(fake_url)
+        receiver_pid = None
+        if endpoint:
+            receiver_url, receiver_pid = stack.enter_context(webhook_receiver())
+            env = {**env, "PIGEON_ALLOW_PRIVATE_URLS": "1"}  # the receiver is on 127.0.0.1
         url, pids = stack.enter_context(pigeon_server(database_url, *serve, env=env, port=port))
+        if endpoint:
+            subscribe_everything(url, receiver_url)
         worker_pid = stack.enter_context(pigeon_worker(database_url, port, env)) if worker else None
         limit_url, limit_pid = stack.enter_context(limit_app())
         roles = {"api": pids, "worker": [worker_pid] if worker_pid else [], "fake": []}
         if fake_pid is not None:
             roles["fake"] = [fake_pid]
+        if receiver_pid is not None:
+            roles["receiver"] = [receiver_pid]
         before = {role: cpu_seconds(p) for role, p in roles.items()}
-        limit_slices, slices, windows = alternate(limit_url, url, run_id)
+        # The deliveries due after each of Pigeon's slices: a backlog that grows from one to
+        # the next is delivery not keeping pace.
+        due: list[int] = []
+        limit_slices, slices, windows = alternate(
+            limit_url,
+            url,
+            run_id,
+            (lambda: due.append(deliveries_due(database_url))) if endpoint else None,
+        )
         backlog = not_final(database_url)
+        event_backlog = due[-1] if due else 0
         time.sleep(max(0.0, windows[-1][1] + DRAIN_SECONDS - time.time()))
         drained = not_final(database_url)
         used = {role: cpu_seconds(p) - before[role] for role, p in roles.items() if p}
         rss = {f"api{i}" if i else "api": peak_rss_mb(p) for i, p in enumerate(pids)}
         if worker_pid is not None:
             rss["worker"] = peak_rss_mb(worker_pid)
+        if receiver_pid is not None:
+            rss["receiver"] = peak_rss_mb(receiver_pid)
         if fake_pid is not None:
             rss["fake"] = peak_rss_mb(fake_pid)
             summary = httpx.get(f"{fake_url}/__fake/summary", timeout=60).json()
@@ -627,6 +747,16 @@ def end_to_end(
     if found.done_at:
         per = ", ".join(f"{r} {c / len(found.done_at) * 1e6:.0f}" for r, c in used.items())
         row.notes += f"; CPU us per final message: {per}"
+    if endpoint:
+        posted, left = event_deliveries(database_url)
+        row.events_per_s = round(
+            sum(any(a <= t <= b for a, b in counted) for t in posted) / seconds, 1
+        )
+        row.event_backlog = event_backlog
+        row.notes += (
+            f"; events/s {row.events_per_s}, deliveries due after each slice"
+            f" {', '.join(map(str, due))}, {left} after {DRAIN_SECONDS:g} s"
+        )
     return [limit, row]
 
 
@@ -656,6 +786,38 @@ def bench_e2e(cluster: PostgresCluster | None, work: Path) -> list[Row]:
     return rows
 
 
+def bench_events(work: Path) -> list[Row]:
+    """The default `pigeon serve`, without and then with an endpoint taking every event.
+
+    Each row is a share of the limit measured with it, so their ratio is the cost of the
+    events: the drop of ingest and of final/s with an endpoint (target: at most 20%).
+    """
+    rows: list[Row] = []
+    for name, endpoint in (
+        ("e2e: SQLite, pigeon serve, no endpoint", False),
+        ("events: SQLite, pigeon serve, 1 endpoint", True),
+    ):
+        settle_disk()
+        url = f"sqlite:///{work / 'events.db'}"
+        rows += end_to_end(name, f"limit: again, for {name}", url, endpoint=endpoint)
+        for path in work.glob("events.db*"):
+            path.unlink()
+    (limit0, without), (limit1, with_) = rows[0:2], rows[2:4]
+    ingest = (with_.requests_per_s / limit1.requests_per_s) / (
+        without.requests_per_s / limit0.requests_per_s
+    )
+    final = (
+        (with_.final_per_s or 0)
+        / limit1.requests_per_s
+        / ((without.final_per_s or 1) / limit0.requests_per_s)
+    )
+    with_.notes += (
+        f"; against no endpoint (as shares of their limits): ingest {ingest - 1:+.1%},"
+        f" final/s {final - 1:+.1%}"
+    )
+    return rows
+
+
 def print_table(rows: list[Row]) -> None:
     header = (
         f"{'run':44} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'of limit':>8}"
@@ -673,6 +835,8 @@ def print_table(rows: list[Row]) -> None:
         if r.final_per_s is not None:
             final = f"{r.final_share_of_limit:.1%}" if r.final_share_of_limit is not None else ""
             print(f"{'final (accept to final status)':44} {r.final_per_s:>9.1f} {'':24} {final:>8}")
+        if r.events_per_s is not None:
+            print(f"{'events delivered to the endpoint':44} {r.events_per_s:>9.1f}")
         if r.notes:
             print(f"{'':44} {r.notes}")
     ingest = next((r for r in rows if r.name.startswith("ingest: SQLite")), None)
@@ -709,7 +873,7 @@ def main() -> int:
         rows += paired("ingest: SQLite, 1 process", "limit: bare ASGI, 1 process", sqlite_url)
         for path in work.glob("ingest.db*"):
             path.unlink()
-    if not only & {"sqlite", "postgresql", "e2e"}:
+    if not only & {"sqlite", "postgresql", "e2e", "events"}:
         rows.append(bench_limit())
     cluster = PostgresCluster(durable=True) if only & {"postgresql", "dispatch", "e2e"} else None
     if cluster is not None:
@@ -731,6 +895,8 @@ def main() -> int:
             rows.append(bench_dispatch(cluster.new_database()))
         if "e2e" in only:
             rows += bench_e2e(cluster, work)
+        if "events" in only:
+            rows += bench_events(work)
     finally:
         if cluster is not None:
             cluster.stop()
@@ -739,7 +905,7 @@ def main() -> int:
     for r in rows:
         if r.name.startswith("limit"):
             limit = r.requests_per_s
-        elif r.name.startswith(("ingest", "e2e")) and limit:
+        elif r.name.startswith(("ingest", "e2e", "events")) and limit:
             r.share_of_limit = round(r.requests_per_s / limit, 4)
             if r.final_per_s is not None:
                 r.final_share_of_limit = round(r.final_per_s / limit, 4)

@@ -36,6 +36,7 @@ from pigeon.api.sendpath import SendFastPath
 from pigeon.config import Settings
 from pigeon.console import routes as console
 from pigeon.db.engine import create_engine, is_sqlite
+from pigeon.db.writer import SqliteWriter, Writer, writer_for
 from pigeon.dispatch.deliveries import DeliveryWorker
 from pigeon.dispatch.worker import Worker
 from pigeon.events.stream import StreamHub
@@ -59,10 +60,10 @@ def _wake(worker: Worker | None) -> None:
         worker.wake.set()
 
 
-def accept_writer(engine: AsyncEngine, settings: Settings) -> AcceptWriter:
-    """The accept path's writer for the engine."""
-    if is_sqlite(engine):
-        return SqliteAcceptWriter(settings)
+def accept_writer(engine: AsyncEngine, settings: Settings, writer: Writer) -> AcceptWriter:
+    """The accept path's writer for the engine (on SQLite, through the process's writer)."""
+    if isinstance(writer, SqliteWriter):
+        return SqliteAcceptWriter(settings, writer)
     return PostgresAcceptWriter(engine, settings)
 
 
@@ -75,6 +76,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
+        # The process's writes: on SQLite one thread and connection, shared by the accept path
+        # and the worker (`db.writer`).
+        writer = writer_for(engine, settings.database_url)
         reader = (
             create_engine(settings.database_url, read_only=True) if is_sqlite(engine) else engine
         )
@@ -87,9 +91,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
                 engine, reader=reader, ttl_seconds=settings.idempotency_ttl_seconds
             ),
             accept=AcceptPipeline(
-                accept_writer(engine, settings), on_commit=lambda: _wake(svc.worker)
+                accept_writer(engine, settings, writer), on_commit=lambda: _wake(svc.worker)
             ),
             stream=StreamHub(reader),
+            writer=writer,
         )
         await prepare_secrets(engine, settings)
         svc.accept.start()
@@ -102,7 +107,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         worker_task = None
         deliveries = DeliveryWorker(engine, settings) if with_worker else None
         if with_worker:
-            svc.worker = Worker(engine, settings)
+            svc.worker = Worker(engine, settings, writer=writer)
             worker_task = asyncio.create_task(svc.worker.run(stop))
         deliveries_task = asyncio.create_task(deliveries.run(stop)) if deliveries else None
         stream_task = asyncio.create_task(svc.stream.run(stop))
@@ -130,6 +135,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             if deliveries_task is not None and deliveries is not None:
                 await deliveries_task
                 await deliveries.aclose()
+            await writer.close()
             await engine.dispose()
             if reader is not engine:
                 await reader.dispose()

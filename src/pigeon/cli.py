@@ -345,7 +345,7 @@ def _serve(
 def worker(
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, help="Dispatch loops in this process.")
-    ] = 1,
+    ] = 4,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -358,6 +358,7 @@ def worker(
 
     multiproc.own_metrics_only()  # before prometheus_client is imported
     from pigeon import metrics
+    from pigeon.db.writer import writer_for
     from pigeon.dispatch.deliveries import DeliveryWorker
     from pigeon.dispatch.registry import ProviderRegistry
     from pigeon.dispatch.worker import Worker, tune_gc_for_batches
@@ -374,7 +375,8 @@ def worker(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         registry = ProviderRegistry(settings)
-        loops = [Worker(engine, settings, registry) for _ in range(concurrency)]
+        writer = writer_for(engine, settings.database_url)
+        loops = [Worker(engine, settings, registry, writer=writer) for _ in range(concurrency)]
         exporter = None
         if metrics_port is not None:
             exporter = await metrics.serve(engine, host="127.0.0.1", port=metrics_port)
@@ -386,6 +388,7 @@ def worker(
                 exporter.close()
             await deliveries.aclose()
             await registry.aclose()
+            await writer.close()
             await engine.dispose()
 
     asyncio.run(run())

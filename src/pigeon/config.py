@@ -62,7 +62,7 @@ class Settings(BaseSettings):
 
     worker_enabled: bool = True
     worker_poll_interval: float = Field(default=0.25, gt=0)
-    worker_batch_size: int = Field(default=100, ge=1, le=1000)
+    worker_batch_size: int = Field(default=500, ge=1, le=1000)
     worker_lease_seconds: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=10, ge=1)
     sandbox_report_delay: float = Field(default=0.5, ge=0)

@@ -172,9 +172,9 @@ def count_reports(provider: str, applied: int, unknown: int, stale: int) -> None
 _PENDING = "pigeon.metrics.pending"
 
 
-def on_commit(conn: AsyncConnection, count: Callable[[], None]) -> None:
+def on_commit(conn: AsyncConnection | Connection, count: Callable[[], None]) -> None:
     """Run `count` when the connection's transaction commits; drop it if it rolls back."""
-    conn.sync_connection.info.setdefault(_PENDING, []).append(count)  # type: ignore[union-attr]
+    conn.info.setdefault(_PENDING, []).append(count)
 
 
 @event.listens_for(Engine, "commit")

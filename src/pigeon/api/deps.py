@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon.accounts.service import KeyAuthenticator
 from pigeon.config import Settings
+from pigeon.db.writer import Writer
 from pigeon.dispatch.worker import Worker
 from pigeon.events.stream import StreamHub
 from pigeon.idempotency.store import IdempotencyStore, check_key
@@ -31,6 +32,7 @@ class Services:
     idempotency: IdempotencyStore
     accept: AcceptPipeline
     stream: StreamHub
+    writer: Writer  # the process's write transactions (`db.writer`)
     worker: Worker | None = None
 
 

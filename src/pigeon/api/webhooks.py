@@ -74,9 +74,11 @@ async def reports(
 ) -> WebhookAnswer:
     raw = await _raw_results(request)
     svc = services(request)
-    async with svc.engine.begin() as conn:
+    async with svc.engine.begin() as conn:  # reads (the secret exists since start-up)
         await service.authenticate(conn=conn, settings=svc.settings, owner=owner, token=token)
-        return await service.apply_reports(conn=conn, owner=owner, payload=data, raw=raw)
+    # Through the process's writer: on SQLite one call on its thread, not a transaction held
+    # across turns of the loop (`db.writer`).
+    return await svc.writer.transaction(service.apply_reports, owner=owner, payload=data, raw=raw)
 
 
 @post(

@@ -6,12 +6,13 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import Connection, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon.clock import utcnow
 from pigeon.config import Settings
 from pigeon.db.tables import cdp_sync_jobs, identities
+from pigeon.db.writer import Writer
 from pigeon.dispatch.backoff import retry_delay
 from pigeon.dispatch.registry import ProviderRegistry
 from pigeon.providers.base import ProviderError, TransientError
@@ -23,10 +24,10 @@ EXTENSION_GONE = {
 }
 
 
-async def claim_due_jobs(
-    engine: AsyncEngine, *, worker_id: str, limit: int, lease_seconds: float
+def claim_due_jobs(
+    conn: Connection, *, worker_id: str, limit: int, lease_seconds: float
 ) -> list[Any]:
-    """Lease due sync jobs, with the identity each one mirrors."""
+    """Lease due sync jobs, with the identity each one mirrors (in the caller's transaction)."""
     now = utcnow()
     due = (
         select(cdp_sync_jobs.c.identity_id)
@@ -37,30 +38,31 @@ async def claim_due_jobs(
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    async with engine.begin() as conn:
-        claimed = (
-            await conn.execute(
-                update(cdp_sync_jobs)
-                .where(cdp_sync_jobs.c.identity_id.in_(due.scalar_subquery()))
-                .values(
-                    lease_owner=worker_id, lease_expires_at=now + timedelta(seconds=lease_seconds)
-                )
-                .returning(cdp_sync_jobs.c.identity_id, cdp_sync_jobs.c.attempts)
-            )
-        ).all()
-        if not claimed:
-            return []
-        attempts = {row.identity_id: row.attempts for row in claimed}
-        rows = await conn.execute(select(identities).where(identities.c.id.in_(list(attempts))))
-        return [(row, attempts[row.id]) for row in rows]
+    claimed = conn.execute(
+        update(cdp_sync_jobs)
+        .where(cdp_sync_jobs.c.identity_id.in_(due.scalar_subquery()))
+        .values(lease_owner=worker_id, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .returning(cdp_sync_jobs.c.identity_id, cdp_sync_jobs.c.attempts)
+    ).all()
+    if not claimed:
+        return []
+    attempts = {row.identity_id: row.attempts for row in claimed}
+    rows = conn.execute(select(identities).where(identities.c.id.in_(list(attempts))))
+    return [(row, attempts[row.id]) for row in rows]
 
 
 async def run_sync_jobs(
-    engine: AsyncEngine, settings: Settings, registry: ProviderRegistry, *, worker_id: str
+    engine: AsyncEngine,
+    settings: Settings,
+    registry: ProviderRegistry,
+    *,
+    worker_id: str,
+    writer: Writer,
 ) -> int:
-    """One round of CDP sync; the number of jobs run."""
-    jobs = await claim_due_jobs(
-        engine, worker_id=worker_id, limit=50, lease_seconds=settings.worker_lease_seconds
+    """One round of CDP sync; the number of jobs run. The claim, every round, goes through
+    the process's writer (`db.writer`)."""
+    jobs = await writer.transaction(
+        claim_due_jobs, worker_id=worker_id, limit=50, lease_seconds=settings.worker_lease_seconds
     )
     for identity, attempts in jobs:
         await _run_one(engine, settings, registry, identity, attempts)

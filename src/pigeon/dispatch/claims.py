@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+import msgspec
+from sqlalchemy import BindParameter, Connection, Text, bindparam, or_, select, type_coerce, update
 
 from pigeon.clock import utcnow
 from pigeon.db.tables import messages
@@ -13,16 +14,10 @@ from pigeon.messages import status
 from pigeon.providers.base import Outbound
 
 
-async def claim_due_messages(
-    engine: AsyncEngine, *, worker_id: str, limit: int, lease_seconds: float
-) -> list[tuple[Outbound, str | None]]:
-    """Lease up to `limit` due messages to this worker; each with its stored provider id.
-
-    On PostgreSQL the candidates are locked with SKIP LOCKED, so concurrent workers take
-    disjoint batches without waiting for each other; SQLite has one writer at a time anyway.
-    A lease that expires (its worker died) makes the row claimable again.
-    """
-    now = utcnow()
+def _claim() -> Any:
+    """The claim, built once: due rows, leased, their content as the JSON text it is stored as
+    (on SQLite decoded by msgspec, not row by row by SQLAlchemy's JSON type)."""
+    now: BindParameter[datetime] = bindparam("now")
     due = (
         select(messages.c.id)
         .where(
@@ -31,24 +26,56 @@ async def claim_due_messages(
             or_(messages.c.lease_expires_at.is_(None), messages.c.lease_expires_at < now),
         )
         .order_by(messages.c.next_attempt_at)
-        .limit(limit)
+        .limit(bindparam("limit"))
         .with_for_update(skip_locked=True)
     )
-    async with engine.begin() as conn:
-        rows = await conn.execute(
-            update(messages)
-            .where(messages.c.id.in_(due.scalar_subquery()))
-            .values(lease_owner=worker_id, lease_expires_at=now + timedelta(seconds=lease_seconds))
-            .returning(
-                messages.c.id,
-                messages.c.account_id,
-                messages.c.channel,
-                messages.c.destination,
-                messages.c.sender,
-                messages.c.content,
-                messages.c.route,
-                messages.c.provider_message_id,
-            )
+    return (
+        update(messages)
+        .where(messages.c.id.in_(due.scalar_subquery()))
+        .values(lease_owner=bindparam("worker_id"), lease_expires_at=bindparam("until"))
+        .returning(
+            messages.c.id,
+            messages.c.account_id,
+            messages.c.channel,
+            messages.c.destination,
+            messages.c.sender,
+            type_coerce(messages.c.content, Text),
+            messages.c.route,
+            messages.c.provider_message_id,
         )
-        # The RETURNING columns are Outbound's fields in order, then the stored provider id.
-        return [(Outbound(*row[:-1]), row[-1]) for row in rows]
+    )
+
+
+_CLAIM = _claim()
+
+
+def claim_due_messages(
+    conn: Connection, *, worker_id: str, limit: int, lease_seconds: float
+) -> list[tuple[Outbound, str | None]]:
+    """Lease up to `limit` due messages to this worker, in the caller's transaction; each
+    with its stored provider id.
+
+    On PostgreSQL the candidates are locked with SKIP LOCKED, so concurrent workers take
+    disjoint batches without waiting for each other; SQLite has one writer at a time anyway.
+    A lease that expires (its worker died) makes the row claimable again.
+    """
+    now = utcnow()
+    rows = conn.execute(
+        _CLAIM,
+        {
+            "now": now,
+            "limit": limit,
+            "worker_id": worker_id,
+            "until": now + timedelta(seconds=lease_seconds),
+        },
+    )
+    # The RETURNING columns are Outbound's fields in order, then the stored provider id.
+    return [
+        (Outbound(row[0], row[1], row[2], row[3], row[4], _content(row[5]), row[6]), row[7])
+        for row in rows
+    ]
+
+
+def _content(stored: Any) -> Any:
+    # SQLite hands over the text; asyncpg decodes JSON columns itself (SQLAlchemy's codec).
+    return msgspec.json.decode(stored) if isinstance(stored, str | bytes) else stored

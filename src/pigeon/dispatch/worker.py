@@ -8,44 +8,28 @@ import os
 import socket
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime, timedelta
-from functools import partial
-from typing import Any
 
-import msgspec
 import structlog
-from sqlalchemy import delete, or_, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pigeon import metrics
-from pigeon.clock import utcnow
 from pigeon.config import Settings
-from pigeon.db.bulk import insert_rows, update_rows
-from pigeon.db.tables import delivery_attempts, idempotency_keys, messages
-from pigeon.dispatch.backoff import retry_delay
+from pigeon.db.writer import Writer, writer_for
+from pigeon.dispatch import outcomes as writes
 from pigeon.dispatch.cdp_sync import run_sync_jobs
 from pigeon.dispatch.claims import claim_due_messages
 from pigeon.dispatch.registry import ProviderRegistry
 from pigeon.ids import new_token
 from pigeon.messages import status
-from pigeon.messages.reports import StatusReport, apply_statuses
 from pigeon.messages.whatsapp import PLATFORM
-from pigeon.providers.base import BODY_LIMIT, Outbound, SendOutcome, provider_error
+from pigeon.providers.base import Outbound, SendOutcome, provider_error
 
 log = structlog.get_logger("pigeon.worker")
 
 HOUSEKEEPING_EVERY = 30.0
+ROUND_GAP = 0.02  # seconds between rounds that found less than a full batch
 # A round allocates tens of thousands of short-lived objects (rows, request and answer
 # entries); the default threshold (700) runs a collection every few hundred of them.
 GC_THRESHOLDS = (20_000, 20, 20)
-STUCK_ERROR = {
-    "groupId": 1,
-    "groupName": "HANDSET_ERRORS",
-    "id": 5003,
-    "name": "EC_VALIDITY_PERIOD_EXPIRED",
-    "description": "Message was not delivered within its validity period",
-    "permanent": False,
-}
 NO_ACCOUNT_ERROR = provider_error(
     "infobip",
     id="NO_PROVIDER_ACCOUNT",
@@ -65,13 +49,6 @@ async def _first_of(*events: asyncio.Event, within: float) -> None:
             waiter.cancel()
 
 
-def _response_text(outcome: SendOutcome) -> str | None:
-    """What the provider answered about this message: its own entry of a batch answer."""
-    if outcome.raw is not None:
-        return msgspec.json.encode(outcome.raw).decode()[:BODY_LIMIT]
-    return outcome.call.body if outcome.call else None
-
-
 def tune_gc_for_batches() -> None:
     """For a process that only dispatches: collect less often, never re-scan start-up objects.
 
@@ -87,14 +64,24 @@ class Worker:
     """Runs dispatch rounds until told to stop; wakes early when a message is accepted."""
 
     def __init__(
-        self, engine: AsyncEngine, settings: Settings, registry: ProviderRegistry | None = None
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        registry: ProviderRegistry | None = None,
+        *,
+        writer: Writer | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.registry = registry or ProviderRegistry(settings)
+        # The process's writer (shared with the accept path in `pigeon serve`), or its own.
+        self._owns_writer = writer is None
+        self.writer = writer or writer_for(engine, settings.database_url)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_token(4)}"
         self.wake = asyncio.Event()
         self._last_housekeeping = 0.0
+        self._next_sync_check = 0.0
+        self._claimed = 0  # in the last round
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set; the round in progress always finishes."""
@@ -108,6 +95,11 @@ class Worker:
             if not busy:
                 self.wake.clear()
                 await _first_of(stop, self.wake, within=self.settings.worker_poll_interval)
+            elif self._claimed < self.settings.worker_batch_size:
+                # Keeping up: let the next batch grow for a moment instead of chasing every
+                # accepted message. A round costs about as much for one message as for
+                # hundreds (its transactions, the provider's request).
+                await _first_of(stop, within=ROUND_GAP)
         log.info("worker stopped", worker=self.worker_id)
 
     async def run_once(self) -> bool:
@@ -117,31 +109,35 @@ class Worker:
             self._last_housekeeping = loop_time
             await self.housekeeping()
         reports = await self.poll_reports()
-        claimed = await claim_due_messages(
-            self.engine,
+        claimed = await self.writer.transaction(
+            claim_due_messages,
             worker_id=self.worker_id,
             limit=self.settings.worker_batch_size,
             lease_seconds=self.settings.worker_lease_seconds,
         )
+        self._claimed = len(claimed)
         if claimed:
             await self.dispatch(claimed)
-        synced = await run_sync_jobs(
-            self.engine, self.settings, self.registry, worker_id=self.worker_id
-        )
+        synced = 0
+        if not claimed or loop_time >= self._next_sync_check:
+            # While messages keep coming the rounds follow each other closely: look for CDP
+            # sync jobs once per poll interval then, not in every round.
+            synced = await run_sync_jobs(
+                self.engine,
+                self.settings,
+                self.registry,
+                worker_id=self.worker_id,
+                writer=self.writer,
+            )
+            if not synced:
+                self._next_sync_check = loop_time + self.settings.worker_poll_interval
         return bool(claimed) or reports > 0 or synced > 0
 
     async def poll_reports(self) -> int:
         """Apply reports from providers that have no webhooks (the sandbox)."""
         applied = 0
         for provider in self.registry.polling():
-            async with self.engine.begin() as conn:
-                reports = await provider.poll_reports(conn=conn)
-                moved = await apply_statuses(conn=conn, reports=reports, source="report")
-                stale = len(reports) - moved
-                metrics.on_commit(
-                    conn, partial(metrics.count_reports, provider.name, moved, 0, stale)
-                )
-                applied += moved
+            applied += await self.writer.transaction(writes.apply_polled_reports, provider)
         return applied
 
     async def dispatch(self, claimed: Sequence[tuple[Outbound, str | None]]) -> None:
@@ -197,147 +193,27 @@ class Worker:
         `passed` are earlier providers' transient answers that the route failed over from:
         attempt rows only.
         """
-        now = utcnow()
-        answers = [*passed, *((provider_name, outcome) for outcome in outcomes)]
-        attempts = [
-            {
-                "message_id": outcome.message_id,
-                "worker_id": self.worker_id,
-                "provider": provider,
-                "at": now,
-                "duration_ms": outcome.call.duration_ms if outcome.call else None,
-                "outcome": (
-                    "transient"
-                    if outcome.transient
-                    else "rejected"
-                    if outcome.status.is_final and outcome.status.group != status.Group.DELIVERED
-                    else "accepted"
-                ),
-                "http_status": outcome.call.http_status if outcome.call else None,
-                "response": _response_text(outcome),
-                "error": outcome.error,
-            }
-            for provider, outcome in answers
-        ]
-        done = [o for o in outcomes if not o.transient]
-        later = [o for o in outcomes if o.transient]
-        async with self.engine.begin() as conn:
-            await self._sent(conn, done, provider_name, now)
-            await self._retry_later(conn, later)
-            # After the messages are locked and updated: the attempts' foreign-key checks then
-            # find rows this transaction already holds, instead of locking each one first.
-            await conn.run_sync(insert_rows, delivery_attempts, attempts)
-
-    async def _sent(
-        self,
-        conn: AsyncConnection,
-        outcomes: Sequence[SendOutcome],
-        provider_name: str,
-        now: datetime,
-    ) -> None:
-        """The provider holds these now: en route (whatever pending name it gave), or refused."""
-        if not outcomes:
-            return
-        sent = {
-            o.message_id: {
-                "provider": provider_name,
-                "provider_message_id": o.provider_message_id,
-                "sent_at": now,
-                "lease_owner": None,
-                "lease_expires_at": None,
-            }
-            for o in outcomes
-        }
-        reports = [
-            StatusReport(
-                o.message_id, o.status if o.status.is_final else status.ENROUTE, o.error, o.raw
-            )
-            for o in outcomes
-        ]
-        await apply_statuses(conn=conn, reports=reports, source="worker", sent=sent, attempted=True)
-
-    async def _retry_later(self, conn: AsyncConnection, outcomes: Sequence[SendOutcome]) -> None:
-        """Not taken this time: try again after a backoff, or end EXPIRED when out of tries."""
-        if not outcomes:
-            return
-        now = utcnow()
-        rows = await conn.execute(
-            select(messages.c.id, messages.c.attempts, messages.c.created_at).where(
-                messages.c.id.in_([o.message_id for o in outcomes])
-            )
+        await self.writer.transaction(
+            writes.record_outcomes,
+            outcomes=outcomes,
+            passed=passed,
+            worker_id=self.worker_id,
+            provider_name=provider_name,
+            settings=self.settings,
         )
-        known = {row.id: row for row in rows}
-        validity = timedelta(seconds=self.settings.message_validity_seconds)
-        expired: list[StatusReport] = []
-        counted: dict[str, dict[str, Any]] = {}
-        retries: list[dict[str, Any]] = []
-        for outcome in outcomes:
-            row = known.get(outcome.message_id)
-            if row is None:
-                continue
-            attempts = row.attempts + 1
-            error = {**(outcome.error or {}), "attempts": attempts}
-            if attempts >= self.settings.max_attempts or now - row.created_at >= validity:
-                expired.append(StatusReport(outcome.message_id, status.EXPIRED, error))
-                counted[outcome.message_id] = {"attempts": attempts}
-                continue
-            delay = retry_delay(attempts, retry_after=outcome.retry_after)
-            retries.append(
-                {
-                    "id": outcome.message_id,
-                    "attempts": attempts,
-                    "error": error,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "updated_at": now,
-                    "next_attempt_at": now + timedelta(seconds=delay),
-                }
-            )
-        if expired:
-            await apply_statuses(conn=conn, reports=expired, source="worker", sent=counted)
-        await conn.run_sync(update_rows, messages, retries)
 
     async def _move_on(self, already_sent: Sequence[tuple[Outbound, str]]) -> None:
         """Messages the provider accepted before (their id is stored): never send them again."""
-        now = utcnow()
-        skipped = [
-            {
-                "message_id": message.message_id,
-                "worker_id": self.worker_id,
-                "provider": "-",
-                "at": now,
-                "outcome": "skipped",
-                "error": {"description": f"already accepted as {provider_message_id}"},
-            }
-            for message, provider_message_id in already_sent
-        ]
-        reports = [StatusReport(message.message_id, status.ENROUTE) for message, _ in already_sent]
-        released = {
-            message.message_id: {"lease_owner": None, "lease_expires_at": None}
-            for message, _ in already_sent
-        }
-        async with self.engine.begin() as conn:
-            await apply_statuses(conn=conn, reports=reports, source="worker", sent=released)
-            await conn.run_sync(insert_rows, delivery_attempts, skipped)
+        await self.writer.transaction(
+            writes.move_on, already_sent=already_sent, worker_id=self.worker_id
+        )
 
     async def housekeeping(self) -> None:
         """Drop expired idempotency keys; end messages pending past their validity as EXPIRED."""
-        now = utcnow()
-        cutoff = now - timedelta(seconds=self.settings.message_validity_seconds)
-        async with self.engine.begin() as conn:
-            await conn.execute(delete(idempotency_keys).where(idempotency_keys.c.expires_at < now))
-            stuck = await conn.execute(
-                select(messages.c.id)
-                .where(
-                    messages.c.group_id == status.Group.PENDING,
-                    messages.c.created_at < cutoff,
-                    or_(messages.c.lease_expires_at.is_(None), messages.c.lease_expires_at < now),
-                )
-                .limit(1000)
-            )
-            reports = [StatusReport(row.id, status.EXPIRED, STUCK_ERROR) for row in stuck]
-            await apply_statuses(conn=conn, reports=reports, source="housekeeping")
+        await self.writer.transaction(writes.housekeeping, settings=self.settings)
 
     async def aclose(self) -> None:
-        """Release what the worker holds (the providers' HTTP client)."""
+        """Release what the worker holds (the providers' HTTP client, its own writer)."""
         await self.registry.aclose()
+        if self._owns_writer:
+            await self.writer.close()

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import select, text
+from sqlalchemy import Connection, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.db.bulk import insert_rows
@@ -76,6 +76,12 @@ def _subscribes(endpoint_events: list[str] | None, event_type: str) -> bool:
 
 async def record_events(*, conn: AsyncConnection, new_events: Sequence[NewEvent]) -> None:
     """Write events and their deliveries in the caller's transaction: a few statements in all."""
+    if new_events:
+        await conn.run_sync(write_events, new_events)
+
+
+def write_events(conn: Connection, new_events: Sequence[NewEvent]) -> None:
+    """`record_events` on a plain connection (a job of the process's writer, `db.writer`)."""
     if not new_events:
         return
     rows: list[dict[str, Any]] = []
@@ -91,9 +97,9 @@ async def record_events(*, conn: AsyncConnection, new_events: Sequence[NewEvent]
                 "body": _body(event_id, event),
             }
         )
-    await conn.run_sync(insert_rows, events, rows)
+    insert_rows(conn, events, rows)
     accounts = sorted({event.account_id for event in new_events})
-    subscribed = await conn.execute(
+    subscribed = conn.execute(
         select(webhook_endpoints.c.id, webhook_endpoints.c.account_id, webhook_endpoints.c.events)
         .where(webhook_endpoints.c.account_id.in_(accounts), webhook_endpoints.c.enabled)
         .order_by(webhook_endpoints.c.id)
@@ -115,6 +121,6 @@ async def record_events(*, conn: AsyncConnection, new_events: Sequence[NewEvent]
         for endpoint in by_account.get(row["account_id"], ())
         if _subscribes(endpoint.events, row["type"])
     ]
-    await conn.run_sync(insert_rows, webhook_deliveries, deliveries)
+    insert_rows(conn, webhook_deliveries, deliveries)
     if conn.dialect.name == "postgresql":
-        await conn.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))
+        conn.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, any_, bindparam, select
+from sqlalchemy import Connection, Select, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -14,7 +14,7 @@ from pigeon.clock import utcnow
 from pigeon.db.bulk import insert_rows, update_rows
 from pigeon.db.tables import message_events, messages
 from pigeon.events.catalogue import message_event_type
-from pigeon.events.service import NewEvent, message_event, record_events
+from pigeon.events.service import NewEvent, message_event, write_events
 from pigeon.messages.status import Group, Status, can_move, status_for
 
 
@@ -49,28 +49,22 @@ def _detail(report: StatusReport) -> dict[str, Any] | None:
     return detail or None
 
 
-_TRACKED = (
-    "status_id",
-    "group_id",
-    "error",
-    "done_at",
-    "lease_owner",
-    "lease_expires_at",
-    "provider",
-    "provider_message_id",
-    "attempts",
-    "sent_at",
-)
-
-
 # Read, never written here: for the metrics of final statuses, and what a tenant's event says
 # about the message.
 _FACTS = ("account_id", "channel", "destination", "recipient_type", "recipient_id", "created_at")
+# What a tenant's event shows of the message as the change leaves it.
+_SHOWN = ("error", "sent_at", "done_at")
 
 
 def _locked_rows(ids: list[str], dialect: str) -> Select[Any]:
-    """The rows' tracked columns, locked in id order (so concurrent appliers cannot deadlock)."""
-    query = select(messages.c.id, *(messages.c[name] for name in (*_TRACKED, *_FACTS)))
+    """The rows' state, locked in id order (so concurrent appliers cannot deadlock)."""
+    query = select(
+        messages.c.id,
+        messages.c.status_id,
+        messages.c.group_id,
+        messages.c.attempts,
+        *(messages.c[name] for name in (*_SHOWN, *_FACTS)),
+    )
     if dialect == "postgresql":
         # One array parameter: a thousand ids do not become a thousand bind parameters.
         listed = bindparam("ids", ids, type_=ARRAY(messages.c.id.type))
@@ -88,80 +82,105 @@ async def apply_statuses(
     sent: dict[str, dict[str, Any]] | None = None,
     attempted: bool = False,
 ) -> int:
+    """`move_statuses` in the caller's transaction on the async engine."""
+    return await conn.run_sync(
+        move_statuses, reports=reports, source=source, sent=sent, attempted=attempted
+    )
+
+
+def move_statuses(
+    conn: Connection,
+    *,
+    reports: list[StatusReport],
+    source: str,
+    sent: dict[str, dict[str, Any]] | None = None,
+    attempted: bool = False,
+) -> int:
     """Apply many reports in a few statements; the number of status changes made.
 
-    The rows are read under lock (FOR UPDATE on PostgreSQL; SQLite's writer holds the file),
-    every change is decided here with the forward-only rule, then one statement updates the
-    rows and one inserts the history; the tenants' events (sent, delivered, failed) are written
-    by the same transaction, in the order of the changes. `sent` carries what a worker learned
-    per message (the provider's id, cleared lease), applied whether or not the status moves;
-    with `attempted` each of those messages also counts one more attempt, from the locked row.
+    The one place status changes are written. The rows are read under lock (FOR UPDATE on
+    PostgreSQL; SQLite's writer holds the file), every change is decided here with the
+    forward-only rule, then one statement per set of columns updates the rows and one inserts
+    the history; the tenants' events (sent, delivered, failed) are written by the same
+    transaction, in the order of the changes. `sent` carries what a worker learned per
+    message (the provider's id, cleared lease), applied whether or not the status moves; with
+    `attempted` each of those messages also counts one more attempt, from the locked row.
     """
     sent = sent or {}
     ids = sorted({r.message_id for r in reports} | set(sent))
     if not ids:
         return 0
-    rows = await conn.execute(_locked_rows(ids, conn.dialect.name))
-    names = tuple(rows.keys())
-    state = {row[0]: dict(zip(names, row, strict=True)) for row in rows}
-    facts = {mid: {name: row.pop(name) for name in _FACTS} for mid, row in state.items()}
+    rows = conn.execute(_locked_rows(ids, conn.dialect.name)).all()
+    # Only the columns a change sets are written: each message's current status (to decide
+    # with the forward-only rule) and attempt count, what its events show, and its facts.
+    by_id = {row.id: row for row in rows}
+    state = {row.id: [status_for(row.status_id, row.group_id), row.attempts] for row in rows}
     now = utcnow()
     events: list[dict[str, Any]] = []
     tenant_events: list[NewEvent] = []
     finals: list[metrics.Final] = []
-    changed: set[str] = set()
+    changes: dict[str, dict[str, Any]] = {}
     for message_id, values in sent.items():
-        row = state.get(message_id)
-        if row is not None:
-            row.update(values)
+        if message_id in state:
+            change = changes[message_id] = {"id": message_id, **values}
             if attempted:
-                row["attempts"] += 1
-            changed.add(message_id)
+                change["attempts"] = state[message_id][1] + 1
     for report in reports:
-        row = state.get(report.message_id)
-        if row is None:
+        current = state.get(report.message_id)
+        if current is None:
             continue
-        before = status_for(row["status_id"], row["group_id"])
+        before = current[0]
         if not can_move(before, report.status):
             continue
-        _move_row(row, report, now)
-        about = facts[report.message_id]
-        event_type = message_event_type(about["channel"], before, report.status)
+        current[0] = report.status
+        change = changes.setdefault(report.message_id, {"id": report.message_id})
+        _move(change, report, now)
+        row = by_id[report.message_id]
+        event_type = message_event_type(row.channel, before, report.status)
         if event_type is not None:
-            message = {**row, **about}
+            message = {**row._asdict(), **change}  # the row as this change leaves it
             tenant_events.append(message_event(event_type, message, report.status, now))
-        changed.add(report.message_id)
-        events.append(
-            {
-                "message_id": report.message_id,
-                "status_id": report.status.id,
-                "source": source,
-                "at": now,
-                "detail": _detail(report),
-            }
-        )
+        events.append(_event(report.message_id, report.status, source, now, _detail(report)))
         if report.status.is_final:
-            finals.append(
-                metrics.Final(about["channel"], report.status.group.name, about["created_at"], now)
-            )
-    if changed:
-        updates = [{**state[mid], "updated_at": now} for mid in sorted(changed)]
-        await conn.run_sync(update_rows, messages, updates)
-    await conn.run_sync(insert_rows, message_events, events)
-    await record_events(conn=conn, new_events=tenant_events)
+            finals.append(metrics.Final(row.channel, report.status.group.name, row.created_at, now))
+    # One statement per set of columns changed (a batch's changes are mostly alike).
+    alike: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for message_id in sorted(changes):
+        change = changes[message_id]
+        change["updated_at"] = now
+        alike.setdefault(tuple(sorted(change)), []).append(change)
+    for group in alike.values():
+        update_rows(conn, messages, group)
+    insert_rows(conn, message_events, events)
+    write_events(conn, tenant_events)
     if finals:
         metrics.on_commit(conn, lambda: metrics.count_finals(finals))
     return len(events)
 
 
-def _move_row(row: dict[str, Any], report: StatusReport, now: Any) -> None:
-    row["status_id"] = report.status.id
-    row["group_id"] = report.status.groupId
+def _event(
+    message_id: str, moved_to: Status, source: str, now: Any, detail: dict[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "message_id": message_id,
+        "status_id": moved_to.id,
+        "source": source,
+        "at": now,
+        "detail": detail,
+    }
+
+
+_DELIVERED = int(Group.DELIVERED)
+
+
+def _move(change: dict[str, Any], report: StatusReport, now: Any) -> None:
+    change["status_id"] = report.status.id
+    change["group_id"] = report.status.groupId
     if report.error is not None:
-        row["error"] = report.error
-    elif report.status.group == Group.DELIVERED:
-        row["error"] = None
+        change["error"] = report.error
+    elif report.status.groupId == _DELIVERED:
+        change["error"] = None
     if report.status.is_final:
-        row["done_at"] = now
-        row["lease_owner"] = None
-        row["lease_expires_at"] = None
+        change["done_at"] = now
+        change["lease_owner"] = None
+        change["lease_expires_at"] = None

@@ -2,8 +2,9 @@
 
 A batch's reads and rules run on a read connection on the event loop's own thread (it never
 waits for a lock: a WAL reader is not blocked by writers); its writes, one statement that
-inserts and commits with the fsync (`sqlite_batch`), run on a writer thread with a connection
-of its own, which may wait for another process's write to end without holding up the loop.
+inserts and commits with the fsync (`sqlite_batch`), run on the process's writer thread
+(`db.writer.SqliteWriter`), in turn with the worker's transactions, which may wait for another
+process's write to end without holding up the loop.
 
 Two batches are in flight: the loop reads and plans the next batch while the writer thread
 writes the current one, and hands it over in the same turn of the loop, so the thread goes
@@ -26,7 +27,7 @@ import asyncio
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from sqlalchemy import Connection
@@ -34,6 +35,7 @@ from sqlalchemy.exc import OperationalError
 
 from pigeon.config import Settings
 from pigeon.db.engine import create_sync_engine, is_busy
+from pigeon.db.writer import BUSY_TIMEOUT_MS, SqliteWriter
 from pigeon.idempotency.store import KeyInUse
 from pigeon.messages.accept import MAX_BATCH
 from pigeon.messages.plan import KeyCollision, Outcome, SendRequest, Writes, plan_batch
@@ -45,21 +47,18 @@ assert MAX_BATCH <= MAX_ROWS  # a batch is one statement
 # and 16 did the same.
 MIN_EARLY_BATCH = 8
 SWITCH_INTERVAL = 0.00005  # seconds
-BUSY_TIMEOUT_MS = 30_000  # how long a batch waits for SQLite's write lock before failing
 Planned = tuple[list[Outcome], Writes]
 
 
 class SqliteAcceptWriter:
     """Batches of sends on SQLite: planned on the loop, each one statement on a writer thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, writer: SqliteWriter) -> None:
         self.settings = settings
-        url = settings.database_url
-        self._read_engine = create_sync_engine(url, read_only=True)
-        self._write_engine = create_sync_engine(url, busy_timeout_ms=BUSY_TIMEOUT_MS)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="pigeon-sqlite-writer")
+        self._read_engine = create_sync_engine(settings.database_url, read_only=True)
+        self._writer = writer
+        writer.on_connect(SETUP_SQL)
         self._reader: Connection | None = None  # held across batches; reopened after an error
-        self._driver: Any = None  # the writer thread's connection (only that thread touches it)
         self._handed: list[SendRequest] | None = None  # the batch the thread has next
         self._on_room: Callable[[], None] = _nothing
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -105,13 +104,10 @@ class SqliteAcceptWriter:
         return await self._write(batch, _nothing, read_keys=True)
 
     async def close(self) -> None:
-        """Close the writer's connection and thread, the reader, and their engines."""
-        self._thread.submit(self._close_driver).result()
-        self._thread.shutdown(wait=True)
+        """Close the reader (the process's writer is its owner's to close)."""
         if self._reader is not None:
             self._reader.close()
         self._read_engine.dispose()
-        self._write_engine.dispose()
 
     async def _then_free(
         self, batch: list[SendRequest], run: Awaitable[list[Outcome]]
@@ -141,7 +137,7 @@ class SqliteAcceptWriter:
             if writes.messages
             else None  # every request refused or replayed: nothing to write
         )
-        return self._thread.submit(self._write_on_thread, statement, started)
+        return self._writer.submit(_write_on_thread, statement, started)
 
     async def _committed(self, job: Future[None], outcomes: list[Outcome]) -> list[Outcome]:
         """Wait until the writer thread has committed a batch: its outcomes."""
@@ -195,42 +191,18 @@ class SqliteAcceptWriter:
             reader.close()
             raise
 
-    def _write_on_thread(
-        self, statement: tuple[str, list[Any]] | None, started: Callable[[], None]
-    ) -> None:
-        """On the writer thread: one batch's writes, on the connection that thread holds.
-        `started` comes first: the loop plans the next batch while this one is written."""
-        started()
-        if statement is None:
-            return
-        if self._driver is None:
-            driver = self._write_engine.raw_connection()
-            try:
-                connection = driver.driver_connection
-                assert connection is not None
-                connection.executescript(SETUP_SQL)
-            except BaseException:
-                driver.invalidate()
-                raise
-            self._driver = driver
-        try:
-            # Outside a transaction (autocommit) the one statement is its own transaction: it
-            # waits for the write lock (up to the busy timeout), inserts everything and commits
-            # with its fsync, all in one call into SQLite that releases the GIL throughout.
-            self._driver.driver_connection.execute(*statement)
-        except (sqlite3.IntegrityError, sqlite3.OperationalError):
-            raise  # a collision, or a lock held too long: the connection itself is sound
-        except BaseException:
-            self._close_driver(broken=True)  # the next batch starts on a new connection
-            raise
 
-    def _close_driver(self, *, broken: bool = False) -> None:
-        if self._driver is not None:
-            driver, self._driver = self._driver, None
-            if broken:
-                driver.invalidate()
-            else:
-                driver.close()
+def _write_on_thread(
+    conn: Connection, statement: tuple[str, list[Any]] | None, started: Callable[[], None]
+) -> None:
+    """On the writer thread: one batch's writes. `started` comes first: the loop plans the
+    next batch while this one is written."""
+    started()
+    if statement is not None:
+        # Outside a transaction (autocommit) the one statement is its own transaction: it
+        # waits for the write lock (up to the busy timeout), inserts everything and commits
+        # with its fsync, all in one call into SQLite that releases the GIL throughout.
+        conn.connection.driver_connection.execute(*statement)  # type: ignore[union-attr]
 
 
 def _nothing() -> None:

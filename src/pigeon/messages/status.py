@@ -30,7 +30,12 @@ class Status(msgspec.Struct, frozen=True):
 
     @property
     def is_final(self) -> bool:
-        return self.groupId != Group.PENDING
+        # A plain int: the worker asks this several times per message, and comparing with
+        # the enum member looked it up on the enum class each time.
+        return self.groupId != _PENDING
+
+
+_PENDING = int(Group.PENDING)
 
 
 def _status(group: Group, status_id: int, name: str, description: str) -> Status:
@@ -98,6 +103,9 @@ def status_for(status_id: int, group_id: int | None = None) -> Status:
     return _status(group, status_id, f"{group.name}_{status_id}", "Status reported by the provider")
 
 
+_PENDING_ORDER = {26: 0, 7: 1, 3: 2}
+
+
 def can_move(current: Status, new: Status) -> bool:
     """Status only moves forward: out of PENDING, never out of a final group."""
     if current.is_final:
@@ -105,8 +113,7 @@ def can_move(current: Status, new: Status) -> bool:
     if new.is_final:
         return True
     # Within PENDING: accepted (26) may become en route (7) or waiting (3), never back.
-    order = {26: 0, 7: 1, 3: 2}
-    return order.get(new.id, 1) > order.get(current.id, 1)
+    return _PENDING_ORDER.get(new.id, 1) > _PENDING_ORDER.get(current.id, 1)
 
 
 def group_ids_for(name: str) -> tuple[list[int], list[int]] | None:

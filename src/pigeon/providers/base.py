@@ -9,8 +9,9 @@ implements `Provider`:
   (a final status and the error), or not taken now (`transient=True`: a timeout, a broken
   connection, 429 or 5xx). When a whole request fails it may raise `TransientError` or
   `PermanentError` instead; the dispatcher then gives every message of the batch that outcome.
-- `poll_reports(conn=...)` returns reports the provider has without a webhook (the sandbox);
-  providers that post webhooks return nothing here and have their own webhook route.
+- `poll_reports(conn)` returns reports the provider has without a webhook (the sandbox): a
+  plain function, read in the worker's write transaction that applies them; providers that
+  post webhooks return nothing here and have their own webhook route.
 - `aclose()` releases what the provider holds (pooled connections).
 
 A provider translates its own vocabulary (status codes, error formats) inside its module and
@@ -32,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection
 
 from pigeon.messages.reports import StatusReport
 from pigeon.messages.status import Status
@@ -182,8 +183,9 @@ class Provider(Protocol):
         """Send a batch of one channel; raise TransientError when none of it could be sent."""
         ...
 
-    async def poll_reports(self, *, conn: AsyncConnection) -> list[StatusReport]:
-        """Status reports the provider has for us without a webhook (empty for most)."""
+    def poll_reports(self, conn: Connection) -> list[StatusReport]:
+        """Status reports the provider has for us without a webhook (empty for most), read in
+        the worker's write transaction that applies them."""
         ...
 
     async def aclose(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection
 
 from pigeon.clock import utcnow
 from pigeon.messages import status
@@ -359,7 +359,7 @@ class InfobipProvider:
             return await self._each(batch, self._send_email)
         raise PermanentError(f"Infobip cannot send channel {channel!r}")
 
-    async def poll_reports(self, *, conn: AsyncConnection) -> list[StatusReport]:
+    def poll_reports(self, conn: Connection) -> list[StatusReport]:
         """Nothing to poll: Infobip posts its reports to our webhook."""
         return []
 

@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, select
 
 from pigeon.clock import utcnow
 from pigeon.db.tables import messages
@@ -146,17 +145,18 @@ class SandboxProvider:
     async def aclose(self) -> None:
         """Nothing to release."""
 
-    async def poll_reports(self, *, conn: AsyncConnection) -> list[StatusReport]:
-        """Delivery reports for sandbox messages that have been en route long enough."""
+    def poll_reports(self, conn: Connection) -> list[StatusReport]:
+        """Delivery reports for sandbox messages that have been en route long enough (read in
+        the worker's write transaction that applies them)."""
         due = utcnow() - self._delay
-        rows = await conn.execute(
+        rows = conn.execute(
             select(messages.c.id, messages.c.destination, messages.c.provider_message_id)
             .where(
                 messages.c.provider == self.name,
                 messages.c.status_id == status.ENROUTE.id,
                 messages.c.sent_at <= due,
             )
-            .limit(500)
+            .limit(1000)
         )
         return [final_report(r.id, r.destination, r.provider_message_id) for r in rows]
 

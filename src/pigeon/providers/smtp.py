@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiosmtplib
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection
 
 from pigeon.clock import utcnow
 from pigeon.messages import status
@@ -180,7 +180,7 @@ class SmtpProvider:
         """Each email in its own mail transaction, as many at once as the pool has room."""
         return list(await asyncio.gather(*(self._send_one(m) for m in batch)))
 
-    async def poll_reports(self, *, conn: AsyncConnection) -> list[StatusReport]:
+    def poll_reports(self, conn: Connection) -> list[StatusReport]:
         """Nothing to poll: the relay's 250 is the last word Pigeon gets."""
         return []
 

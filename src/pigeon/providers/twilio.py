@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection
 
 from pigeon.messages import status
 from pigeon.messages.reports import StatusReport
@@ -198,7 +198,7 @@ class TwilioProvider:
 
         return list(await asyncio.gather(*(bounded(m) for m in batch)))
 
-    async def poll_reports(self, *, conn: AsyncConnection) -> list[StatusReport]:
+    def poll_reports(self, conn: Connection) -> list[StatusReport]:
         """Nothing to poll: Twilio posts status callbacks."""
         return []
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Connection, Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon import metrics
@@ -19,7 +19,7 @@ from pigeon.events.catalogue import WHATSAPP_RECEIVED
 from pigeon.events.service import NewEvent, record_events
 from pigeon.ids import is_object_id
 from pigeon.messages import whatsapp
-from pigeon.messages.reports import StatusReport, apply_statuses
+from pigeon.messages.reports import StatusReport, move_statuses
 from pigeon.messages.status import Status, status_for
 from pigeon.providers.base import normalised_error
 from pigeon.webhooks.schemas import DeliveryReports, InboundMessages, WebhookAnswer
@@ -167,13 +167,13 @@ def _owned_by(row: Any, owner: str) -> bool:
     return bool(row.account_id == owner and row.route == "tenant")
 
 
-async def apply_reports(
-    *, conn: AsyncConnection, owner: str, payload: DeliveryReports, raw: list[dict[str, Any]]
+def apply_reports(
+    conn: Connection, *, owner: str, payload: DeliveryReports, raw: list[dict[str, Any]]
 ) -> WebhookAnswer:
     """Apply delivery reports idempotently; ids we do not know are logged, not errors."""
     reported = {item.messageId for item in payload.results}
     ours: dict[str, str] = {}
-    for row in await conn.execute(report_lookup(reported)):
+    for row in conn.execute(report_lookup(reported)):
         if not _owned_by(row, owner):
             continue
         ours[row.id] = row.id
@@ -188,7 +188,7 @@ async def apply_reports(
             continue
         error = _report_error(item.error)
         reports.append(StatusReport(message_id, _reported_status(item), error, original))
-    applied = await apply_statuses(conn=conn, reports=reports, source="report")
+    applied = move_statuses(conn, reports=reports, source="report")
     stale = len(reports) - applied
     metrics.on_commit(conn, lambda: metrics.count_reports(INFOBIP, applied, unknown, stale))
     return WebhookAnswer(received=len(payload.results), applied=applied, unknown=unknown)

@@ -1,0 +1,227 @@
+"""Write transactions that hold the database's locks only while their statements run.
+
+On SQLite every write of the file waits for one lock. A transaction on the async engine runs
+each statement through the event loop: under load the loop takes milliseconds per turn, and a
+transaction of five statements held the lock for five turns while the accept writer waited
+behind it in SQLite's busy handler (which sleeps 1, 2, 5, 10... ms between tries). So a
+process writes SQLite through one `SqliteWriter`: one thread holding one connection, running
+each job, a whole transaction written as a plain function of a `Connection`, in one call from
+BEGIN IMMEDIATE to COMMIT; the accept path's batches go through the same thread in turn. The
+process's own writes never wait for each other's lock, and none holds it across a loop turn.
+
+On PostgreSQL (row locks, many connections) the same functions run on the async engine
+(`EngineWriter`): one transaction each, statements awaited as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pigeon.db.engine import create_sync_engine, is_sqlite
+
+P = ParamSpec("P")
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 30_000  # how long a job waits for another process's write lock
+MAX_GROUP = 32  # jobs written in one commit at most
+
+
+class Writer(Protocol):
+    """Runs `work(conn, ...)` in one write transaction: its result once committed."""
+
+    async def transaction(
+        self, work: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
+    async def close(self) -> None: ...
+
+
+class EngineWriter:
+    """PostgreSQL: each job is a transaction on the async engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def transaction(
+        self, work: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `work` in a transaction of its own."""
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(work, *args, **kwargs)
+
+    async def close(self) -> None:
+        """Nothing held: the engine belongs to the caller."""
+
+
+@dataclass(slots=True)
+class _Job:
+    work: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    transactional: bool
+    future: Future[Any] = field(default_factory=Future)
+
+
+class SqliteWriter:
+    """SQLite: the process's write connection on a thread of its own; jobs run in turn.
+
+    Jobs that queue up while one runs are written together (group commit): one BEGIN
+    IMMEDIATE, each job in a savepoint of its own (one that fails is rolled back alone), one
+    COMMIT and its fsync for all; each job's result is handed over once that commit is done.
+    A job alone runs as it is: an accept batch, one statement, is its own transaction.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._engine = create_sync_engine(url, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="pigeon-sqlite-writer")
+        self._thread.daemon = True
+        self._thread.start()
+        self._conn: Connection | None = None  # only the writer thread touches it
+        self._setup: list[str] = []
+        self._closed = False
+
+    def on_connect(self, script: str) -> None:
+        """SQL to run on each new connection of the writer (before its first job)."""
+        self._setup.append(script)
+
+    def submit(self, work: Callable[..., T], *args: Any) -> Future[T]:
+        """Queue `work(conn, ...)` on the writer thread as it is: alone, no transaction around
+        it; with other jobs, in their transaction."""
+        return self._put(_Job(work, args, {}, transactional=False))
+
+    async def transaction(
+        self, work: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `work` on the writer thread in a transaction: its result once committed."""
+        return await asyncio.wrap_future(self._put(_Job(work, args, kwargs, transactional=True)))
+
+    async def close(self) -> None:
+        """Close the connection and stop the thread (after the jobs already queued)."""
+        if not self._closed:
+            self._closed = True
+            self._jobs.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._engine.dispose()
+
+    def _put(self, job: _Job) -> Future[Any]:
+        if self._closed:
+            raise RuntimeError("the SQLite writer is closed")
+        self._jobs.put(job)
+        return job.future
+
+    def _serve(self) -> None:
+        """The writer thread: run jobs, together when several are waiting, until told to stop."""
+        stopping = False
+        while not stopping:
+            job = self._jobs.get()
+            if job is None:
+                break
+            group = [job]
+            while len(group) < MAX_GROUP:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                group.append(more)
+            self._run_group(group)
+        self._close()
+
+    def _run_group(self, group: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            conn = self._connection()
+            if len(group) == 1:
+                outcomes.append(self._alone(conn, group[0]))
+            else:
+                with conn.begin():
+                    outcomes = [self._in_savepoint(conn, job) for job in group]
+        except BaseException as exc:  # the connection, BEGIN or COMMIT failed: all of them
+            if _broken(exc):
+                self._close(broken=True)  # the next job starts on a new connection
+            outcomes = [(job, None, exc) for job in group]
+        for job, result, error in outcomes:
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            if error is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(error)
+
+    def _alone(self, conn: Connection, job: _Job) -> tuple[_Job, Any, BaseException | None]:
+        try:
+            if job.transactional:
+                with conn.begin():
+                    return job, job.work(conn, *job.args, **job.kwargs), None
+            return job, job.work(conn, *job.args, **job.kwargs), None
+        except Exception as exc:
+            if _broken(exc):
+                self._close(broken=True)
+            return job, None, exc
+
+    def _in_savepoint(self, conn: Connection, job: _Job) -> tuple[_Job, Any, BaseException | None]:
+        # What a job leaves in conn.info (work to do on commit: metrics.on_commit) goes with
+        # it when it is rolled back alone.
+        info = {key: list(v) if isinstance(v, list) else v for key, v in conn.info.items()}
+        savepoint = conn.begin_nested()
+        try:
+            result = job.work(conn, *job.args, **job.kwargs)
+        except Exception as exc:
+            savepoint.rollback()
+            conn.info.clear()
+            conn.info.update(info)
+            return job, None, exc
+        savepoint.commit()
+        return job, result, None
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            conn = self._engine.connect()
+            try:
+                for script in self._setup:
+                    conn.connection.driver_connection.executescript(script)  # type: ignore[union-attr]
+            except BaseException:
+                conn.invalidate()
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _close(self, *, broken: bool = False) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            if broken:
+                conn.invalidate()
+            conn.close()
+
+
+def _broken(exc: BaseException) -> bool:
+    """Whether the connection may be unusable after `exc` (a collision, a lock held too long
+    or an error in our own code leave it sound)."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig  # type: ignore[assignment]
+    if isinstance(exc, sqlite3.Error):
+        return not isinstance(exc, sqlite3.IntegrityError | sqlite3.OperationalError)
+    return not isinstance(exc, Exception)
+
+
+def writer_for(engine: AsyncEngine, url: str) -> Writer:
+    """The writer for a process on this engine: SQLite's own thread, or the engine itself."""
+    if is_sqlite(engine):
+        return SqliteWriter(url)
+    return EngineWriter(engine)

@@ -580,8 +580,10 @@ def infobip_env(fake_url: str) -> dict[str, str]:
 @contextmanager
 def pigeon_worker(database_url: str, port: int, env: dict[str, str]) -> Iterator[int]:
     """`pigeon worker` for the API on `port` (its notify URLs name that port): its pid."""
+    # BENCH_WORKER_CONCURRENCY: its dispatch loops (the default: `pigeon worker`'s own).
+    loops = os.environ.get("BENCH_WORKER_CONCURRENCY")
     worker = subprocess.Popen(
-        [PYTHON, "-m", "pigeon", "worker"],
+        [PYTHON, "-m", "pigeon", "worker", *(["--concurrency", loops] if loops else [])],
         env=pigeon_env(database_url, port, **env),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

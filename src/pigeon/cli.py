@@ -345,7 +345,7 @@ def _serve(
 def worker(
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, help="Dispatch loops in this process.")
-    ] = 4,
+    ] = 1,
     metrics_port: Annotated[
         int | None,
         typer.Option(

@@ -75,12 +75,16 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url)
+        timeout = settings.database_timeout_seconds
+        engine = create_engine(settings.database_url, timeout=timeout)
         # The process's writes: on SQLite one thread and connection, shared by the accept path
-        # and the worker (`db.writer`).
-        writer = writer_for(engine, settings.database_url)
+        # and the worker (`db.writer`); it waits for another process's lock as long as a
+        # request may wait for the database.
+        writer = writer_for(engine, settings.database_url, busy_timeout_ms=int(timeout * 1000))
         reader = (
-            create_engine(settings.database_url, read_only=True) if is_sqlite(engine) else engine
+            create_engine(settings.database_url, read_only=True, timeout=timeout)
+            if is_sqlite(engine)
+            else engine
         )
         svc = Services(
             settings=settings,

@@ -87,12 +87,14 @@ async def _not_migrated(settings: Settings, conn: AsyncConnection) -> str | None
 
 def _in_transaction(settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Run `work` in one transaction on a migrated database; errors become a message, exit 1."""
+    from pigeon.db.errors import unavailable_reason
+
     database = settings.sqlite_path()
     if database is not None and not database.exists():
         _fail(f"there is no database at {database}: run `pigeon db upgrade` first")
 
     async def run() -> T:
-        engine = create_engine(settings.database_url)
+        engine = create_engine(settings.database_url, timeout=settings.database_timeout_seconds)
         try:
             async with engine.begin() as conn:
                 problem = await _not_migrated(settings, conn)
@@ -106,6 +108,11 @@ def _in_transaction(settings: Settings, work: Callable[[AsyncConnection], Awaita
         return asyncio.run(run())
     except PigeonError as exc:
         _fail(exc.detail)
+    except Exception as exc:
+        reason = unavailable_reason(exc)
+        if reason is None:
+            raise
+        _fail(f"{reason}; nothing was changed, try again later")
 
 
 def _fail(message: str) -> NoReturn:
@@ -262,6 +269,30 @@ def webhooks() -> None:
     _print({"delivery_reports": urls.deliveryReports, "inbound": urls.inbound}, False)
 
 
+def _prepare_database(settings: Settings, *, migrate: bool) -> None:
+    """Migrate (unless told not to) and make sure the database takes writes: a server that
+    could only answer 503 stops here with the reason instead."""
+    from sqlalchemy.engine import make_url
+
+    from pigeon.db.errors import check_writable, unavailable_reason
+    from pigeon.db.migrate import upgrade
+
+    try:
+        if migrate:
+            upgrade(settings)
+        asyncio.run(
+            check_writable(settings.database_url, wait_seconds=settings.database_timeout_seconds)
+        )
+    except Exception as exc:
+        reason = unavailable_reason(exc)
+        if reason is None:
+            raise
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        error = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        typer.echo(f"error: {reason}: Pigeon cannot write to {where} ({error})", err=True)
+        raise typer.Exit(1) from None
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str | None, typer.Option(help="Overrides PIGEON_HOST.")] = None,
@@ -293,7 +324,6 @@ def _serve(
     import uvicorn
 
     from pigeon.app import create_app
-    from pigeon.db.migrate import upgrade
     from pigeon.http import HttpProtocol
 
     settings = _settings()
@@ -310,8 +340,7 @@ def _serve(
             err=True,
         )
         raise typer.Exit(2)
-    if migrate:
-        upgrade(settings)
+    _prepare_database(settings, migrate=migrate)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,

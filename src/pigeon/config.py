@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     sandbox_report_delay: float = Field(default=0.5, ge=0)
 
     console_session_seconds: int = Field(default=8 * 3600, ge=60)
+    # How long a request waits for the database (a lock, a pooled connection, a connection to
+    # PostgreSQL) before it is answered 503 database_unavailable.
+    database_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
 
     event_retention_seconds: int = Field(default=30 * 24 * 3600, ge=60)
     webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=300)

@@ -68,3 +68,23 @@ def field_error(field: str, message: str, *, code: str = "validation_error") -> 
     return Unprocessable(
         f"{field}: {message}", code=code, errors=[{"field": field, "message": message}]
     )
+
+
+class DatabaseUnavailable(PigeonError):
+    """The database cannot serve now (locked, full, read-only, gone): retry later.
+
+    Raised where a driver error is mapped (`db.errors.unavailable`); the request's
+    transaction was rolled back.
+    """
+
+    status = 503
+    code = "database_unavailable"
+    title = "Service unavailable"
+
+    def __init__(self, reason: str, *, retry_after: int = 1) -> None:
+        super().__init__(
+            f"the database cannot serve requests right now ({reason}); nothing was "
+            "changed, retry later",
+            headers={"Retry-After": str(retry_after)},
+        )
+        self.reason = reason

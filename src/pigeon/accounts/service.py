@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pigeon.clock import utcnow
+from pigeon.db.errors import unavailable
 from pigeon.db.tables import accounts, api_keys
 from pigeon.errors import NotFound, Unauthorized
 from pigeon.ids import new_object_id, new_token
@@ -172,9 +173,10 @@ class KeyAuthenticator:
     async def _refresh(self, key: str) -> None:
         try:
             await self._look_up(key)
-        except Exception:
+        except Exception as exc:
             # The request that next finds the entry expired looks the key up itself.
-            log.warning("API key lookup failed", exc_info=True)
+            if unavailable(exc) is None:  # a sick database is logged once an incident
+                log.warning("API key lookup failed", exc_info=True)
 
     async def aclose(self) -> None:
         """Stop the background refreshes (before the engine is disposed)."""

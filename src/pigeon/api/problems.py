@@ -11,6 +11,7 @@ import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 
+from pigeon.db.errors import unavailable
 from pigeon.errors import PigeonError
 
 log = structlog.get_logger("pigeon.api")
@@ -142,6 +143,9 @@ UNEXPECTED = "an unexpected error occurred; it has been logged"
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    sick = unavailable(exc)  # a database that cannot serve now: 503, logged once an incident
+    if sick is not None:
+        return handle_pigeon_error(request, sick)
     # The route's template, never the path: a webhook's path holds its secret token.
     route = request.scope.get("path_template") or "(no route)"
     log.exception("unhandled error", route=route, method=request.method)

@@ -27,6 +27,7 @@ from pigeon import metrics
 from pigeon.api.deps import Services, api_key_from
 from pigeon.api.messages import SEND_BODIES, scope_send, send_request
 from pigeon.api.problems import PROBLEM_JSON, UNEXPECTED, problem_body
+from pigeon.db.errors import unavailable_reason
 from pigeon.errors import PigeonError
 from pigeon.messages.schemas import Channel
 from pigeon.nul import might_hold_nul
@@ -134,6 +135,10 @@ class SendFastPath:
             scope_send(item, "POST", scope["path"], headers.get("idempotency-key"), body)
         except (PigeonError, msgspec.DecodeError, SQLAlchemyError):
             return None  # Litestar's route answers it, with the error it documents
+        except Exception as exc:
+            if unavailable_reason(exc) is None:
+                raise
+            return None  # the database cannot serve: Litestar's route answers it (503)
         return item
 
 

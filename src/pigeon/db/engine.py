@@ -30,6 +30,7 @@ POSTGRESQL_SETTINGS = {"plan_cache_mode": "force_custom_plan"}  # PostgreSQL 12 
 # 15; in `bench/run.py`'s 15 s runs 2,500 reached a p99 of 28 ms, over the 25 ms goal, and
 # 2,000 stayed at 19-23 ms (4 runs, 30-38% of the limit).
 WAL_AUTOCHECKPOINT_PAGES = 2000
+DEFAULT_WAIT_SECONDS = 30.0  # for a lock or a connection, without a server's timeout
 
 
 def async_url(url: str) -> str:
@@ -58,20 +59,31 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_engine(url: str, *, read_only: bool = False) -> AsyncEngine:
+def create_engine(
+    url: str, *, read_only: bool = False, timeout: float | None = None
+) -> AsyncEngine:
     """Create the async engine.
 
     On SQLite the writing engine is one connection whose transactions take the write lock up
     front; a read-only engine has a few connections that read the WAL snapshot concurrently.
+    `timeout` (the server's PIGEON_DATABASE_TIMEOUT_SECONDS) bounds each wait for the
+    database: the pool's checkout, a lock (SQLite's busy timeout, PostgreSQL's lock_timeout)
+    and connecting; past it the statement fails (see `db.errors`). Without it (migrations,
+    the CLI) waits are 30 s, and PostgreSQL's locks are waited for as long as they are held.
     """
     driver_url = async_url(url)
+    wait = DEFAULT_WAIT_SECONDS if timeout is None else timeout
     if make_url(driver_url).get_backend_name() != "sqlite":
+        server_settings = dict(POSTGRESQL_SETTINGS)
+        if timeout is not None:
+            server_settings["lock_timeout"] = str(int(timeout * 1000))
         return create_async_engine(
             driver_url,
             pool_size=10,
             max_overflow=10,
             pool_pre_ping=True,
-            connect_args={"server_settings": POSTGRESQL_SETTINGS},
+            pool_timeout=wait,
+            connect_args={"server_settings": server_settings, "timeout": wait},
         )
     database = make_url(driver_url).database
     if database and database != ":memory:":
@@ -81,9 +93,10 @@ def create_engine(url: str, *, read_only: bool = False) -> AsyncEngine:
         poolclass=AsyncAdaptedQueuePool,
         pool_size=4 if read_only else 1,
         max_overflow=0,
-        connect_args={"timeout": 30},
+        pool_timeout=wait,
+        connect_args={"timeout": wait},
     )
-    _install_sqlite_hooks(engine.sync_engine, read_only=read_only)
+    _install_sqlite_hooks(engine.sync_engine, read_only=read_only, busy_timeout_ms=int(wait * 1000))
     return engine
 
 

@@ -81,8 +81,8 @@ class SqliteWriter:
     A job alone runs as it is: an accept batch, one statement, is its own transaction.
     """
 
-    def __init__(self, url: str) -> None:
-        self._engine = create_sync_engine(url, busy_timeout_ms=BUSY_TIMEOUT_MS)
+    def __init__(self, url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+        self._engine = create_sync_engine(url, busy_timeout_ms=busy_timeout_ms)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="pigeon-sqlite-writer")
         self._thread.daemon = True
@@ -220,8 +220,12 @@ def _broken(exc: BaseException) -> bool:
     return not isinstance(exc, Exception)
 
 
-def writer_for(engine: AsyncEngine, url: str) -> Writer:
-    """The writer for a process on this engine: SQLite's own thread, or the engine itself."""
+def writer_for(engine: AsyncEngine, url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Writer:
+    """The writer for a process on this engine: SQLite's own thread, or the engine itself.
+
+    `busy_timeout_ms` bounds a job's wait for another process's write lock on SQLite (the
+    server's PIGEON_DATABASE_TIMEOUT_SECONDS; past it the job fails, 503).
+    """
     if is_sqlite(engine):
-        return SqliteWriter(url)
+        return SqliteWriter(url, busy_timeout_ms=busy_timeout_ms)
     return EngineWriter(engine)

@@ -13,6 +13,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon.config import Settings
+from pigeon.db.errors import unavailable
 from pigeon.db.writer import Writer, writer_for
 from pigeon.dispatch import outcomes as writes
 from pigeon.dispatch.cdp_sync import run_sync_jobs
@@ -89,8 +90,9 @@ class Worker:
         while not stop.is_set():
             try:
                 busy = await self.run_once()
-            except Exception:
-                log.exception("dispatch round failed", worker=self.worker_id)
+            except Exception as exc:
+                if unavailable(exc) is None:  # a sick database is logged once an incident
+                    log.exception("dispatch round failed", worker=self.worker_id)
                 busy = False
             if not busy:
                 self.wake.clear()

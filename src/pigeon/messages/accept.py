@@ -23,6 +23,7 @@ from typing import Protocol
 import structlog
 
 from pigeon import metrics
+from pigeon.db.errors import unavailable
 from pigeon.errors import Conflict, PigeonError
 from pigeon.idempotency.store import KeyInUse, Scope, StoredResponse
 from pigeon.messages.plan import KeyCollision, Outcome, SendRequest
@@ -143,8 +144,10 @@ class AcceptPipeline:
                 outcomes = await self._settle(batch, replayed=True)
             except KeyCollision:
                 outcomes = await self._settle(batch, replayed=False)
-        except Exception as exc:
-            log.exception("accept batch failed", size=len(batch))
+        except Exception as error:
+            exc: Exception = unavailable(error) or error  # a sick database: 503, logged once
+            if exc is error:
+                log.exception("accept batch failed", size=len(batch))
             for item in batch:
                 if item.future is not None and not item.future.done():
                     item.future.set_exception(exc)

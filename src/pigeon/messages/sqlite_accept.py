@@ -35,7 +35,7 @@ from sqlalchemy.exc import OperationalError
 
 from pigeon.config import Settings
 from pigeon.db.engine import create_sync_engine, is_busy
-from pigeon.db.writer import BUSY_TIMEOUT_MS, SqliteWriter
+from pigeon.db.writer import SqliteWriter
 from pigeon.idempotency.store import KeyInUse
 from pigeon.messages.accept import MAX_BATCH
 from pigeon.messages.plan import KeyCollision, Outcome, SendRequest, Writes, plan_batch
@@ -153,7 +153,7 @@ class SqliteAcceptWriter:
 
     async def _plan_when_free(self, batch: list[SendRequest], read_keys: bool) -> Planned:
         """Read what the batch needs and apply the rules, waiting while the database is busy."""
-        deadline = asyncio.get_running_loop().time() + BUSY_TIMEOUT_MS / 1000
+        deadline = asyncio.get_running_loop().time() + self.settings.database_timeout_seconds
         pause = 0.001
         while True:
             try:

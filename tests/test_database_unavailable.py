@@ -1,0 +1,199 @@
+"""A database that cannot serve answers 503 database_unavailable, never 500, and recovers.
+
+Every write path (sends on the fast path and Litestar's, users, identities, extensions,
+webhooks, the CLI's keys) is tried while another connection holds the database's write lock
+past PIGEON_DATABASE_TIMEOUT_SECONDS; nothing it tried is written, the log has one line for
+the incident, and the same requests succeed once the lock is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from tests.conftest import DEMO_ID, DEMO_KEY, PIGEON, ROOT, Server, count_rows, make_server
+from tests.databases import scalar
+
+TIMEOUT = "0.5"
+# What the write paths touch, locked against writes (reads go on) on PostgreSQL.
+WRITTEN_TABLES = (
+    "users, identities, messages, message_events, infobip_extensions, idempotency_keys, "
+    "api_keys, whatsapp_interactions, platform_state"
+)
+
+
+@contextmanager
+def held_write_lock(database_url: str) -> Iterator[None]:
+    """Another connection holds the write lock (SQLite) or write locks on every table Pigeon
+    writes (PostgreSQL) until the block ends."""
+    if database_url.startswith("sqlite"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    ready, release = threading.Event(), threading.Event()
+    failed: list[BaseException] = []
+
+    async def hold() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            async with conn.transaction():
+                await conn.execute(f"LOCK TABLE {WRITTEN_TABLES} IN EXCLUSIVE MODE")
+                ready.set()
+                while not release.is_set():
+                    await asyncio.sleep(0.02)
+        finally:
+            await conn.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(hold())
+        except BaseException as exc:
+            failed.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    assert not failed, failed
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join(10)
+
+
+def platform_reports_url(server: Server) -> str:
+    for line in server.cli("webhooks").splitlines():
+        if line.startswith("delivery_reports:"):
+            return line.split(": ", 1)[1].removeprefix(server.base_url)
+    raise AssertionError("no delivery_reports URL")
+
+
+def write_requests(server: Server, client: httpx.Client) -> dict[str, tuple[str, str, Any]]:
+    """One request per write path, on rows that exist (created here, before any lock)."""
+    user = client.post("/v1/users", json={"username": f"u-{uuid.uuid4().hex}"}).json()
+    identity = client.post("/v1/identities", json={"type": "neutral"}).json()
+    sent = client.post(f"/v1/users/{DEMO_ID}/message/sms", json={"content": {"text": "x"}})
+    message_id = sent.json()["messages"][0]["messageId"]
+    report = {
+        "results": [
+            {
+                "messageId": message_id,
+                "status": {"groupId": 3, "groupName": "DELIVERED", "id": 5},
+            }
+        ]
+    }
+    inbound = {"results": [{"from": "385981234567", "to": "447860088593"}]}
+    reports = platform_reports_url(server)
+    return {
+        "create user": ("POST", "/v1/users", {"username": f"n-{uuid.uuid4().hex}"}),
+        "patch user": ("PATCH", f"/v1/users/{DEMO_ID}", {"data": {"patched": True}}),
+        "delete user": ("DELETE", f"/v1/users/{user['id']}", None),
+        "create identity": ("POST", "/v1/identities", {"type": "company"}),
+        "patch identity": ("PATCH", f"/v1/identities/{DEMO_ID}", {"country": "HR"}),
+        "delete identity": ("DELETE", f"/v1/identities/{identity['id']}", None),
+        "send (fast path)": (
+            "POST",
+            f"/v1/users/{DEMO_ID}/message/sms",
+            {"content": {"text": "y"}},
+        ),
+        "send (Litestar's route)": (
+            "POST",
+            f"/v1/users/{DEMO_ID}/message/sms/",
+            {"content": {"text": "z"}},
+        ),
+        "delivery report": ("POST", reports, report),
+        "inbound webhook": ("POST", reports.replace("/reports", "/inbound"), inbound),
+        "delete extension": ("DELETE", "/v1/extensions/infobip", None),
+    }
+
+
+def _send(client: httpx.Client, request: tuple[str, str, Any]) -> httpx.Response:
+    method, path, body = request
+    return (
+        client.request(method, path, json=body)
+        if body is not None
+        else client.request(method, path)
+    )
+
+
+def _counts(url: str) -> dict[str, int]:
+    """Rows per table, read without waiting for the write lock."""
+    tables = ("users", "identities", "messages", "api_keys", "whatsapp_interactions")
+    if not url.startswith("sqlite"):
+        return {table: count_rows(url, table) for table in tables}
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+
+
+def test_a_lock_held_past_the_timeout_answers_503_on_every_write_path(tmp_path: Path) -> None:
+    server = make_server(tmp_path, PIGEON_DATABASE_TIMEOUT_SECONDS=TIMEOUT)
+    server.start()
+    url = server.env["PIGEON_DATABASE_URL"]
+    try:
+        with server.client(DEMO_KEY) as client:
+            requests = write_requests(server, client)
+            time.sleep(0.3)  # the sandbox's report for the message sent above lands first
+            before = _counts(url)
+            account = str(scalar(url, "SELECT account_id FROM api_keys LIMIT 1"))
+            started = time.monotonic()
+            with held_write_lock(url), ThreadPoolExecutor(len(requests)) as pool:
+                answers = dict(
+                    zip(
+                        requests,
+                        pool.map(lambda r: _send(client, r), requests.values()),
+                        strict=True,
+                    )
+                )
+                key = _cli(server, "keys", "create", "--account", account)
+                during = _counts(url)
+            elapsed = time.monotonic() - started
+            assert {name: a.status_code for name, a in answers.items()} == dict.fromkeys(
+                requests, 503
+            )
+            for answer in answers.values():
+                assert answer.headers["content-type"] == "application/problem+json"
+                assert answer.json()["code"] == "database_unavailable"
+                assert int(answer.headers["retry-after"]) >= 1
+            assert key.returncode == 1
+            assert "error: " in key.stderr
+            assert "Traceback" not in key.stderr
+            # A pool of one connection did not keep anyone waiting 30 s.
+            assert elapsed < 15
+            assert during == before  # nothing half-written
+            again = {name: _send(client, r).status_code for name, r in requests.items()}
+            assert all(code < 300 for code in again.values()), again
+    finally:
+        server.stop()
+    log = server.log_path.read_text()
+    assert log.count("database unavailable") == 1, log[-3000:]
+    assert "Traceback" not in log
+
+
+def _cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PIGEON, *args],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )

@@ -28,6 +28,7 @@ from pigeon.api import (
     webhook_endpoints,
     webhooks,
 )
+from pigeon.api.body import MAX_BODY_BYTES
 from pigeon.api.deps import PigeonRequest, Services, provide_account_id
 from pigeon.api.docs import swagger_ui, swagger_ui_asset
 from pigeon.api.openapi import document_routes
@@ -44,6 +45,7 @@ from pigeon.idempotency.store import IdempotencyStore
 from pigeon.messages.accept import AcceptPipeline, AcceptWriter
 from pigeon.messages.pg_accept import PostgresAcceptWriter
 from pigeon.messages.sqlite_accept import SqliteAcceptWriter
+from pigeon.pagination import load_cursors
 from pigeon.serversecret import prepare_secrets, with_server_secret
 
 log = structlog.get_logger("pigeon.app")
@@ -99,6 +101,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             ),
             stream=StreamHub(reader),
             writer=writer,
+            cursors=await load_cursors(engine),
         )
         await prepare_secrets(engine, settings)
         svc.accept.start()
@@ -186,6 +189,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             ),
             security=[{"apiKey": []}],
         ),
+        request_max_body_size=MAX_BODY_BYTES,
         debug=False,
         logging_config=None,
     )

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     sandbox_report_delay: float = Field(default=0.5, ge=0)
 
     console_session_seconds: int = Field(default=8 * 3600, ge=60)
+
+    # The largest `data` of a User or Identity, in bytes of JSON (422 data_too_large past it).
+    max_data_bytes: int = Field(default=64 * 1024, ge=1024, le=8 * 1024 * 1024)
+
     # How long a request waits for the database (a lock, a pooled connection, a connection to
     # PostgreSQL) before it is answered 503 database_unavailable.
     database_timeout_seconds: float = Field(default=5.0, gt=0, le=300)

@@ -33,8 +33,8 @@ def nul_error(body: bytes) -> Unprocessable | None:
         return None
     try:
         value = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return None  # the route answers the malformed body itself
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None  # the route answers the malformed body itself (400)
     field = _field_holding_nul(value)
     return None if field is None else field_error(field or "body", NUL_MESSAGE)
 

@@ -9,9 +9,11 @@ from typing import Any
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
+from litestar.exceptions import SerializationException
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon.accounts.service import KeyAuthenticator
+from pigeon.api.body import malformed_detail
 from pigeon.config import Settings
 from pigeon.db.writer import Writer
 from pigeon.dispatch.worker import Worker
@@ -19,6 +21,7 @@ from pigeon.events.stream import StreamHub
 from pigeon.idempotency.store import IdempotencyStore, check_key
 from pigeon.messages.accept import AcceptPipeline
 from pigeon.nul import nul_error
+from pigeon.pagination import Cursors
 
 
 @dataclass(slots=True)
@@ -33,17 +36,23 @@ class Services:
     accept: AcceptPipeline
     stream: StreamHub
     writer: Writer  # the process's write transactions (`db.writer`)
+    cursors: Cursors
     worker: Worker | None = None
 
 
 class PigeonRequest(Request[Any, Any, Any]):
-    """Litestar's request, refusing a JSON body that holds NUL characters (see pigeon.nul)."""
+    """The app's one request class: Litestar's, whose JSON decoding fails as malformed JSON
+    (400) for every reason msgspec has (see api.body), and refuses a body holding NUL
+    characters (422, see pigeon.nul)."""
 
     async def json(self) -> Any:
         error = nul_error(await self.body())
         if error is not None:
             raise error
-        return await super().json()
+        try:
+            return await super().json()
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise SerializationException(malformed_detail(exc)) from exc
 
 
 def services(request: Request[Any, Any, Any]) -> Services:
@@ -62,7 +71,11 @@ def api_key_from(headers: Mapping[str, str]) -> str | None:
 
 
 async def provide_account_id(request: Request[Any, Any, Any]) -> str:
-    """Authenticate the request; its account id."""
+    """The request's account id: authenticated by `require_api_key` (every authenticated
+    route's guard), or here."""
+    account_id = request.scope.get(ACCOUNT)
+    if account_id is not None:
+        return str(account_id)
     return await services(request).auth.authenticate(api_key_from(request.headers))
 
 
@@ -73,9 +86,10 @@ dependencies)."""
 
 
 async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: object) -> None:
-    """A guard for the hot path: authenticate before the body is validated, like the others.
+    """The guard of every authenticated route: a request without a valid key is answered
+    401 before its body is read (Litestar decodes the body before resolving dependencies).
 
-    Cheaper than dependency injection; the account id waits in the scope for the handler.
+    The account id waits in the scope for the handler (`account_of`, `provide_account_id`).
     """
     auth = connection.app.state.services.auth
     connection.scope[ACCOUNT] = await auth.authenticate(api_key_from(connection.headers))  # type: ignore[literal-required]

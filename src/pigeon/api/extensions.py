@@ -8,7 +8,7 @@ from litestar import Request, Router, delete, get, put
 from litestar.params import Body
 
 from pigeon.api import openapi as doc
-from pigeon.api.deps import AccountId, services
+from pigeon.api.deps import AccountId, require_api_key, services
 from pigeon.extensions import service
 from pigeon.extensions.schemas import InfobipExtension, InfobipExtensionIn
 
@@ -59,6 +59,7 @@ async def delete_extension(request: Request[Any, Any, Any], account_id: AccountI
 
 router = Router(
     "/v1/extensions/infobip",
+    guards=[require_api_key],
     route_handlers=[put_extension, get_extension, delete_extension],
     tags=["Infobip extension"],
 )

@@ -9,7 +9,8 @@ from litestar.params import Body, Parameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.api import openapi as doc
-from pigeon.api.deps import AccountId, guarded_write, services
+from pigeon.api.body import check_data
+from pigeon.api.deps import AccountId, guarded_write, require_api_key, services
 from pigeon.identities import service
 from pigeon.identities.schemas import (
     Identity,
@@ -55,6 +56,8 @@ async def create_identity(
     account_id: AccountId,
     data: Annotated[IdentityCreate, Body(examples=doc.example(doc.IDENTITY_CREATE))],
 ) -> Response[bytes]:
+    check_data(request, data.data)
+
     async def action(conn: AsyncConnection) -> Identity:
         return await service.create_identity(conn=conn, account_id=account_id, body=data)
 
@@ -77,9 +80,10 @@ async def list_identities(
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> IdentityList:
-    async with services(request).reader.connect() as conn:
+    svc = services(request)
+    async with svc.reader.connect() as conn:
         return await service.list_identities(
-            conn=conn, account_id=account_id, limit=limit, cursor=cursor
+            conn=conn, account_id=account_id, limit=limit, cursor=cursor, cursors=svc.cursors
         )
 
 
@@ -113,6 +117,8 @@ async def update_identity(
     identity_id: IdentityId,
     data: Annotated[IdentityUpdate, Body(examples=doc.example(doc.IDENTITY_UPDATE))],
 ) -> Response[bytes]:
+    check_data(request, data.data)
+
     async def action(conn: AsyncConnection) -> Identity:
         return await service.update_identity(
             conn=conn, account_id=account_id, identity_id=identity_id, body=data
@@ -161,6 +167,7 @@ async def delete_identity(
 
 router = Router(
     "/v1/identities",
+    guards=[require_api_key],
     route_handlers=[
         create_identity,
         list_identities,

@@ -217,6 +217,7 @@ def _moment(value: str | None, field: str) -> datetime | None:
         200: doc.ok(Message, doc.MESSAGE, "The message, its status and its history"),
         **doc.problems(*doc.READ, doc.MESSAGE_NOT_FOUND),
     },
+    guards=[require_api_key],
 )
 async def get_message(
     request: Request[Any, Any, Any],
@@ -235,6 +236,7 @@ async def get_message(
         200: doc.ok(MessageList, doc.MESSAGE_LIST, "A page of messages"),
         **doc.problems(*doc.LIST, *FILTER_PROBLEMS),
     },
+    guards=[require_api_key],
 )
 async def list_messages(
     request: Request[Any, Any, Any],
@@ -257,12 +259,14 @@ async def list_messages(
     since: From = None,
     until: To = None,
 ) -> MessageList:
-    async with services(request).reader.connect() as conn:
+    svc = services(request)
+    async with svc.reader.connect() as conn:
         return await query.list_messages(
             conn=conn,
             account_id=account_id,
             limit=limit,
             cursor=cursor,
+            cursors=svc.cursors,
             channel=channel,
             status=status,
             recipient=recipient,

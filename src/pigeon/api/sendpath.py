@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from pigeon import metrics
+from pigeon.api.body import UNDECODABLE
 from pigeon.api.deps import Services, api_key_from
 from pigeon.api.messages import SEND_BODIES, scope_send, send_request
 from pigeon.api.problems import PROBLEM_JSON, UNEXPECTED, problem_body
@@ -133,7 +134,7 @@ class SendFastPath:
             data = _DECODERS[kind, channel].decode(body)
             item = send_request(kind, channel, account_id, user or person, data)
             scope_send(item, "POST", scope["path"], headers.get("idempotency-key"), body)
-        except (PigeonError, msgspec.DecodeError, SQLAlchemyError):
+        except (PigeonError, *UNDECODABLE, SQLAlchemyError):
             return None  # Litestar's route answers it, with the error it documents
         except Exception as exc:
             if unavailable_reason(exc) is None:

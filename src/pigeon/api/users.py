@@ -9,7 +9,8 @@ from litestar.params import Body, Parameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.api import openapi as doc
-from pigeon.api.deps import AccountId, guarded_write, services
+from pigeon.api.body import check_data
+from pigeon.api.deps import AccountId, guarded_write, require_api_key, services
 from pigeon.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from pigeon.users import service
 from pigeon.users.schemas import User, UserCreate, UserList, UserUpdate
@@ -39,6 +40,8 @@ async def create_user(
     account_id: AccountId,
     data: Annotated[UserCreate, Body(examples=doc.example(doc.USER_CREATE))],
 ) -> Response[bytes]:
+    check_data(request, data.data)
+
     async def action(conn: AsyncConnection) -> User:
         return await service.create_user(conn=conn, account_id=account_id, body=data)
 
@@ -59,9 +62,10 @@ async def list_users(
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> UserList:
-    async with services(request).reader.connect() as conn:
+    svc = services(request)
+    async with svc.reader.connect() as conn:
         return await service.list_users(
-            conn=conn, account_id=account_id, limit=limit, cursor=cursor
+            conn=conn, account_id=account_id, limit=limit, cursor=cursor, cursors=svc.cursors
         )
 
 
@@ -93,6 +97,8 @@ async def update_user(
     user_id: UserId,
     data: Annotated[UserUpdate, Body(examples=doc.example(doc.USER_UPDATE))],
 ) -> Response[bytes]:
+    check_data(request, data.data)
+
     async def action(conn: AsyncConnection) -> User:
         return await service.update_user(
             conn=conn, account_id=account_id, user_id=user_id, body=data
@@ -115,6 +121,7 @@ async def delete_user(
 
 router = Router(
     "/v1/users",
+    guards=[require_api_key],
     route_handlers=[create_user, list_users, get_user, update_user, delete_user],
     tags=["Users"],
 )

@@ -8,10 +8,13 @@ from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import Request, Router, post
+from litestar.connection import ASGIConnection
 from litestar.params import Body
 
 from pigeon.api import openapi as doc
+from pigeon.api.body import decode, too_deep
 from pigeon.api.deps import services
+from pigeon.errors import field_error
 from pigeon.webhooks import service, twilio
 from pigeon.webhooks.schemas import DeliveryReports, InboundMessages, WebhookAnswer
 
@@ -21,8 +24,22 @@ class _RawResults(msgspec.Struct):
 
 
 async def _raw_results(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
-    """The results exactly as the provider sent them, kept beside our normalised reading."""
-    return msgspec.json.decode(await request.body(), type=_RawResults).results
+    """The results exactly as the provider sent them, kept beside our normalised reading
+    (stored, so nested no deeper than the free-form JSON of any other route)."""
+    results = decode(await request.body(), _RawResults).results
+    for index, result in enumerate(results):
+        if too_deep(result):
+            raise field_error(f"results[{index}]", "nested too deeply", code="data_too_deep")
+    return results
+
+
+async def require_webhook_token(connection: ASGIConnection[Any, Any, Any, Any], _: object) -> None:
+    """The guard of the webhook routes: the URL's token is checked before the body is read."""
+    params, svc = connection.path_params, connection.app.state.services
+    async with svc.engine.begin() as conn:
+        await service.authenticate(
+            conn=conn, settings=svc.settings, owner=params["owner"], token=params["token"]
+        )
 
 
 WEBHOOK_PROBLEMS = doc.problems(
@@ -51,9 +68,7 @@ async def inbound(
     data: Annotated[InboundMessages, Body(examples=doc.example(doc.INBOUND))],
 ) -> WebhookAnswer:
     raw = await _raw_results(request)
-    svc = services(request)
-    async with svc.engine.begin() as conn:
-        await service.authenticate(conn=conn, settings=svc.settings, owner=owner, token=token)
+    async with services(request).engine.begin() as conn:
         return await service.record_inbound(conn=conn, owner=owner, payload=data, raw=raw)
 
 
@@ -73,11 +88,9 @@ async def reports(
     data: Annotated[DeliveryReports, Body(examples=doc.example(doc.DELIVERY_REPORTS))],
 ) -> WebhookAnswer:
     raw = await _raw_results(request)
-    svc = services(request)
-    async with svc.engine.begin() as conn:  # reads (the secret exists since start-up)
-        await service.authenticate(conn=conn, settings=svc.settings, owner=owner, token=token)
     # Through the process's writer: on SQLite one call on its thread, not a transaction held
-    # across turns of the loop (`db.writer`).
+    # across turns of the loop (`db.writer`). The URL's token was checked by the guard.
+    svc = services(request)
     return await svc.writer.transaction(service.apply_reports, owner=owner, payload=data, raw=raw)
 
 
@@ -119,5 +132,10 @@ async def twilio_status(request: Request[Any, Any, Any], owner: str, token: str)
         )
 
 
-router = Router("/v1/webhooks/infobip", route_handlers=[inbound, reports], tags=["Webhooks"])
+router = Router(
+    "/v1/webhooks/infobip",
+    route_handlers=[inbound, reports],
+    guards=[require_webhook_token],
+    tags=["Webhooks"],
+)
 twilio_router = Router("/v1/webhooks/twilio", route_handlers=[twilio_status], tags=["Webhooks"])

@@ -55,7 +55,7 @@ def fingerprint(body: bytes) -> str:
     """A hash of the request body that ignores key order and white space in JSON."""
     try:
         canonical = msgspec.json.encode(msgspec.json.decode(body), order="sorted")
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         canonical = body
     return hashlib.sha256(canonical).hexdigest()
 

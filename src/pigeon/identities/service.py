@@ -25,7 +25,7 @@ from pigeon.identities.schemas import (
 )
 from pigeon.identities.sync import request_sync, sync_view
 from pigeon.ids import is_object_id, new_object_id
-from pigeon.pagination import decode_cursor, split_page
+from pigeon.pagination import Cursors
 from pigeon.validation import normalize_email, normalize_phone
 
 
@@ -117,15 +117,21 @@ async def get_identity(*, conn: AsyncConnection, account_id: str, identity_id: s
 
 
 async def list_identities(
-    *, conn: AsyncConnection, account_id: str, limit: int, cursor: str | None
+    *,
+    conn: AsyncConnection,
+    account_id: str,
+    limit: int,
+    cursor: str | None,
+    cursors: Cursors,
 ) -> IdentityList:
     """A page of the tenant's Identities, oldest first."""
     query = select(identities).where(identities.c.account_id == account_id)
-    after = decode_cursor(cursor)
+    scope = f"identities:{account_id}"
+    after = cursors.decode(cursor, scope=scope)
     if after is not None:
         query = query.where(identities.c.id > after)
     rows = (await conn.execute(query.order_by(identities.c.id).limit(limit + 1))).all()
-    page, cursor = split_page(rows, limit, lambda row: str(row.id))
+    page, cursor = cursors.page(rows, limit, lambda row: str(row.id), scope=scope)
     return IdentityList(items=[_identity(r) for r in page], next_cursor=cursor)
 
 

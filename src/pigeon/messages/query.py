@@ -21,7 +21,7 @@ from pigeon.messages.schemas import (
     StatusEvent,
 )
 from pigeon.messages.status import group_ids_for, status_for
-from pigeon.pagination import decode_cursor, split_page
+from pigeon.pagination import Cursors
 from pigeon.validation import normalize_email, normalize_phone
 
 
@@ -113,6 +113,7 @@ async def list_messages(
     account_id: str,
     limit: int,
     cursor: str | None,
+    cursors: Cursors,
     channel: str | None = None,
     status: str | None = None,
     recipient: str | None = None,
@@ -143,11 +144,12 @@ async def list_messages(
         query = query.where(messages.c.created_at >= since)
     if until is not None:
         query = query.where(messages.c.created_at < until)
-    before = decode_cursor(cursor)
+    scope = f"messages:{account_id}"
+    before = cursors.decode(cursor, scope=scope)
     if before is not None:
         query = query.where(messages.c.id < before)
     rows = (await conn.execute(query.order_by(messages.c.id.desc()).limit(limit + 1))).all()
-    page, cursor = split_page(rows, limit, lambda row: str(row.id))
+    page, cursor = cursors.page(rows, limit, lambda row: str(row.id), scope=scope)
     return MessageList(
         items=[MessageSummary(**_summary_fields(r)) for r in page], next_cursor=cursor
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +14,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from pigeon.db.tables import whatsapp_interactions
 
 PLATFORM = "platform"
+INBOUND_CHUNK = 200  # interactions upserted per statement
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One message a customer wrote to a business number."""
+
+    business_number: str
+    customer_number: str
+    received_at: datetime
+    message: Any
 
 
 async def record_inbound(
@@ -24,24 +37,42 @@ async def record_inbound(
     message: Any,
 ) -> None:
     """Record that a customer wrote to a business number (later messages move the window)."""
-    values = {
-        "owner": owner,
-        "business_number": business_number,
-        "customer_number": customer_number,
-        "first_inbound_at": received_at,
-        "last_inbound_at": received_at,
-        "last_message": message,
-    }
+    inbound = Inbound(business_number, customer_number, received_at, message)
+    await record_inbound_many(conn=conn, owner=owner, interactions=[inbound])
+
+
+async def record_inbound_many(
+    *, conn: AsyncConnection, owner: str, interactions: Sequence[Inbound]
+) -> None:
+    """Record many inbound messages in a few statements (as `record_inbound` each): the
+    latest message per customer and business number, INBOUND_CHUNK rows a statement."""
+    latest: dict[tuple[str, str], Inbound] = {}
+    for item in interactions:
+        key = (item.business_number, item.customer_number)
+        if key not in latest or item.received_at > latest[key].received_at:
+            latest[key] = item
+    rows = [
+        {
+            "owner": owner,
+            "business_number": item.business_number,
+            "customer_number": item.customer_number,
+            "first_inbound_at": item.received_at,
+            "last_inbound_at": item.received_at,
+            "last_message": item.message,
+        }
+        for item in latest.values()
+    ]
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement = insert(whatsapp_interactions).values(**values)
-    newer = statement.excluded.last_inbound_at > whatsapp_interactions.c.last_inbound_at
-    await conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=["owner", "business_number", "customer_number"],
-            set_={
-                "last_inbound_at": statement.excluded.last_inbound_at,
-                "last_message": statement.excluded.last_message,
-            },
-            where=newer,
+    for start in range(0, len(rows), INBOUND_CHUNK):
+        statement = insert(whatsapp_interactions).values(rows[start : start + INBOUND_CHUNK])
+        newer = statement.excluded.last_inbound_at > whatsapp_interactions.c.last_inbound_at
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["owner", "business_number", "customer_number"],
+                set_={
+                    "last_inbound_at": statement.excluded.last_inbound_at,
+                    "last_message": statement.excluded.last_message,
+                },
+                where=newer,
+            )
         )
-    )

@@ -13,7 +13,7 @@ from pigeon.clock import utcnow
 from pigeon.db.tables import identities, users
 from pigeon.errors import Conflict, NotFound, field_error
 from pigeon.ids import is_object_id, new_object_id
-from pigeon.pagination import decode_cursor, split_page
+from pigeon.pagination import Cursors
 from pigeon.users.schemas import Channel, User, UserCreate, UserList, UserUpdate
 from pigeon.validation import normalize_email, normalize_phone
 
@@ -105,15 +105,21 @@ async def get_user(*, conn: AsyncConnection, account_id: str, user_id: str) -> U
 
 
 async def list_users(
-    *, conn: AsyncConnection, account_id: str, limit: int, cursor: str | None
+    *,
+    conn: AsyncConnection,
+    account_id: str,
+    limit: int,
+    cursor: str | None,
+    cursors: Cursors,
 ) -> UserList:
     """A page of the tenant's Users, oldest first."""
     query = select(users).where(users.c.account_id == account_id)
-    after = decode_cursor(cursor)
+    scope = f"users:{account_id}"
+    after = cursors.decode(cursor, scope=scope)
     if after is not None:
         query = query.where(users.c.id > after)
     rows = (await conn.execute(query.order_by(users.c.id).limit(limit + 1))).all()
-    page, cursor = split_page(rows, limit, lambda row: str(row.id))
+    page, cursor = cursors.page(rows, limit, lambda row: str(row.id), scope=scope)
     return UserList(items=[_user(r) for r in page], next_cursor=cursor)
 
 

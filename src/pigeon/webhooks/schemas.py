@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
+
+# The most entries one webhook request may carry (Infobip sends at most a few hundred per
+# POST); a longer `results` is answered 422 before anything is applied.
+MAX_WEBHOOK_ENTRIES = 1000
 
 
 class ReportStatus(msgspec.Struct):
@@ -27,7 +32,7 @@ class DeliveryReport(msgspec.Struct):
 class DeliveryReports(msgspec.Struct):
     """Infobip's SMS, WhatsApp and Email report format: {"results": [...]}."""
 
-    results: list[DeliveryReport]
+    results: Annotated[list[DeliveryReport], Meta(max_length=MAX_WEBHOOK_ENTRIES)]
 
 
 class InboundMessage(msgspec.Struct, rename={"from_": "from"}):
@@ -42,7 +47,7 @@ class InboundMessage(msgspec.Struct, rename={"from_": "from"}):
 class InboundMessages(msgspec.Struct):
     """Infobip's inbound WhatsApp format: {"results": [{"from", "to", "receivedAt", ...}]}."""
 
-    results: list[InboundMessage]
+    results: Annotated[list[InboundMessage], Meta(max_length=MAX_WEBHOOK_ENTRIES)]
 
 
 class WebhookAnswer(msgspec.Struct):

@@ -27,6 +27,8 @@ from pigeon.webhooks.tokens import is_valid_token
 
 log = structlog.get_logger("pigeon.webhooks")
 INFOBIP = "infobip"  # the provider whose report format these webhooks speak
+REPORT_CHUNK = 250  # reports looked up and applied per statement batch
+UNKNOWN_SAMPLE = 5  # unknown ids named in the summary line
 
 
 async def authenticate(
@@ -102,26 +104,29 @@ def _received_data(
 async def record_inbound(
     *, conn: AsyncConnection, owner: str, payload: InboundMessages, raw: list[dict[str, Any]]
 ) -> WebhookAnswer:
-    """Record each inbound WhatsApp message as an interaction opening the 24-hour window, and
-    tell the tenant it concerns (`whatsapp.message.received`) in the same transaction."""
+    """Record each inbound WhatsApp message as an interaction opening the 24-hour window (a
+    few rows per statement), and tell the tenant it concerns (`whatsapp.message.received`) in
+    the same transaction."""
     now = utcnow()
     writers = await _writers(
         conn=conn, owner=owner, numbers={_digits(item.from_) for item in payload.results}
     )
     received: list[NewEvent] = []
+    interactions: list[whatsapp.Inbound] = []
     for item, original in zip(payload.results, raw, strict=True):
         received_at = parse_received_at(item.receivedAt)
-        await whatsapp.record_inbound(
-            conn=conn,
-            owner=owner,
-            business_number=_digits(item.to),
-            customer_number=_digits(item.from_),
-            received_at=received_at,
-            message=original,
+        interactions.append(
+            whatsapp.Inbound(
+                business_number=_digits(item.to),
+                customer_number=_digits(item.from_),
+                received_at=received_at,
+                message=original,
+            )
         )
         for account_id, user_id in writers.get(_digits(item.from_), ()):
             data = _received_data(item, original, user_id, received_at)
             received.append(NewEvent(account_id, WHATSAPP_RECEIVED, item.messageId, data, now))
+    await whatsapp.record_inbound_many(conn=conn, owner=owner, interactions=interactions)
     await record_events(conn=conn, new_events=received)
     log.info("inbound recorded", owner=owner, count=len(payload.results))
     return WebhookAnswer(received=len(payload.results), applied=len(payload.results))
@@ -170,8 +175,40 @@ def _owned_by(row: Any, owner: str) -> bool:
 def apply_reports(
     conn: Connection, *, owner: str, payload: DeliveryReports, raw: list[dict[str, Any]]
 ) -> WebhookAnswer:
-    """Apply delivery reports idempotently; ids we do not know are logged, not errors."""
-    reported = {item.messageId for item in payload.results}
+    """Apply delivery reports idempotently, REPORT_CHUNK per lookup and update (bounded
+    statements; run through the process's writer, off the loop, so other requests go on);
+    ids we do not know are counted and logged once, not errors."""
+    applied, stale, unknown = 0, 0, []
+    entries = list(zip(payload.results, raw, strict=True))
+    for start in range(0, len(entries), REPORT_CHUNK):
+        chunk_applied, chunk_stale, chunk_unknown = _apply_chunk(
+            conn, owner, entries[start : start + REPORT_CHUNK]
+        )
+        applied += chunk_applied
+        stale += chunk_stale
+        unknown += chunk_unknown
+    missing = len(unknown)
+    metrics.on_commit(conn, lambda: metrics.count_reports(INFOBIP, applied, missing, stale))
+    summary = {"owner": owner, "received": len(entries), "applied": applied}
+    if unknown:
+        sample = unknown[:UNKNOWN_SAMPLE]
+        log.warning(
+            "delivery reports for unknown messages",
+            **summary,
+            unknown=len(unknown),
+            unknown_ids=sample,
+        )
+    else:
+        log.info("delivery reports applied", **summary)
+    return WebhookAnswer(received=len(entries), applied=applied, unknown=len(unknown))
+
+
+def _apply_chunk(
+    conn: Connection, owner: str, entries: list[tuple[Any, dict[str, Any]]]
+) -> tuple[int, int, list[str]]:
+    """Apply some reports: how many moved a status, how many were stale (known, but moved
+    nothing), and the ids that name no message of ours."""
+    reported = {item.messageId for item, _ in entries}
     ours: dict[str, str] = {}
     for row in conn.execute(report_lookup(reported)):
         if not _owned_by(row, owner):
@@ -179,16 +216,13 @@ def apply_reports(
         ours[row.id] = row.id
         if row.provider_message_id:
             ours.setdefault(row.provider_message_id, row.id)
-    reports, unknown = [], 0
-    for item, original in zip(payload.results, raw, strict=True):
+    reports, unknown = [], []
+    for item, original in entries:
         message_id = ours.get(item.messageId)
         if message_id is None:
-            unknown += 1
-            log.warning("report for unknown message", owner=owner, message_id=item.messageId)
+            unknown.append(item.messageId)
             continue
         error = _report_error(item.error)
         reports.append(StatusReport(message_id, _reported_status(item), error, original))
     applied = move_statuses(conn, reports=reports, source="report")
-    stale = len(reports) - applied
-    metrics.on_commit(conn, lambda: metrics.count_reports(INFOBIP, applied, unknown, stale))
-    return WebhookAnswer(received=len(payload.results), applied=applied, unknown=unknown)
+    return applied, len(reports) - applied, unknown

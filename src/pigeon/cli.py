@@ -273,6 +273,7 @@ def _prepare_database(settings: Settings, *, migrate: bool) -> None:
     """Migrate (unless told not to) and make sure the database takes writes: a server that
     could only answer 503 stops here with the reason instead."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
 
     from pigeon.db.errors import check_writable, unavailable_reason
     from pigeon.db.migrate import upgrade
@@ -288,7 +289,8 @@ def _prepare_database(settings: Settings, *, migrate: bool) -> None:
         if reason is None:
             raise
         where = make_url(settings.database_url).render_as_string(hide_password=True)
-        error = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        error = (str(cause).splitlines() or [type(cause).__name__])[0][:200]
         typer.echo(f"error: {reason}: Pigeon cannot write to {where} ({error})", err=True)
         raise typer.Exit(1) from None
 
@@ -355,8 +357,9 @@ def _serve(
         "proxy_headers": False,
         "server_header": False,
         "timeout_graceful_shutdown": 30,
-        # Longer than the idle timeout of clients and proxies: closing first makes them race.
-        "timeout_keep_alive": 75,
+        # Idle connections are closed after it, and a request must arrive whole within it
+        # (`pigeon.http`). A proxy in front should close idle upstream connections sooner.
+        "timeout_keep_alive": settings.http_timeout_seconds,
     }
     if workers == 1:
         uvicorn.run(create_app(settings), **options)

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # The largest `data` of a User or Identity, in bytes of JSON (422 data_too_large past it).
     max_data_bytes: int = Field(default=64 * 1024, ge=1024, le=8 * 1024 * 1024)
 
+    # A request must arrive whole (headers and body) within this, and an idle connection is
+    # closed after it.
+    http_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+
     # How long a request waits for the database (a lock, a pooled connection, a connection to
     # PostgreSQL) before it is answered 503 database_unavailable.
     database_timeout_seconds: float = Field(default=5.0, gt=0, le=300)

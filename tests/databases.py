@@ -71,6 +71,10 @@ class PostgresCluster:
             "-E",
             "UTF8",
         )
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server (again, after `halt`), on the same port and data."""
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
             "-c max_connections=300 -c shared_buffers=128MB"
@@ -80,7 +84,7 @@ class PostgresCluster:
         self._run(
             _pg_bin("pg_ctl"),
             "-D",
-            data,
+            str(self.root / "data"),
             "-o",
             options,
             "-l",
@@ -88,6 +92,10 @@ class PostgresCluster:
             "-w",
             "start",
         )
+
+    def halt(self) -> None:
+        """Stop the server at once, as a crash would, keeping its data for `resume`."""
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
 
     def stop(self) -> None:
         try:

@@ -9,8 +9,12 @@ the incident, and the same requests succeed once the lock is released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -22,9 +26,19 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
-from tests.conftest import DEMO_ID, DEMO_KEY, PIGEON, ROOT, Server, count_rows, make_server
-from tests.databases import scalar
+from tests.conftest import (
+    DATABASES,
+    DEMO_ID,
+    DEMO_KEY,
+    PIGEON,
+    ROOT,
+    Server,
+    count_rows,
+    make_server,
+)
+from tests.databases import PostgresCluster, scalar
 
 TIMEOUT = "0.5"
 # What the write paths touch, locked against writes (reads go on) on PostgreSQL.
@@ -197,3 +211,182 @@ def _cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def _as_unprivileged() -> list[str]:
+    """A command prefix that drops root (which ignores file permissions), or nothing."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only file cannot be simulated")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _make_read_only(server: Server, tmp_path: Path) -> list[str]:
+    """Make the server's database refuse writes; the command prefix to start Pigeon with."""
+    url = server.env["PIGEON_DATABASE_URL"]
+    if url.startswith("sqlite"):
+        prefix = _as_unprivileged()
+        os.chmod(tmp_path, 0o777)  # SQLite may create its -wal and -shm files there
+        for path in tmp_path.glob("pigeon.db*"):
+            os.chmod(path, 0o444)
+        return prefix
+    _alter_database(url, "SET default_transaction_read_only = on")
+    return []
+
+
+def _alter_database(url: str, change: str) -> None:
+    """ALTER DATABASE on a test database, and end its sessions so that new ones see it."""
+    name = url.rsplit("/", 1)[1]
+
+    async def alter() -> None:
+        conn = await asyncpg.connect(url.rsplit("/", 1)[0] + "/postgres")
+        try:
+            await conn.execute(f'ALTER DATABASE "{name}" {change}')
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(alter())
+
+
+def test_a_read_only_database_stops_serve_at_start_up() -> None:
+    # Not under pytest's tmp_path: its parents are private to root, the server may not be.
+    where = Path(tempfile.mkdtemp(prefix="pigeon-read-only-"))
+    try:
+        server = make_server(where)
+        server.start()
+        server.stop()
+        prefix = _make_read_only(server, where)
+        started = subprocess.run(
+            [*prefix, *PIGEON, "serve"],
+            env=server.env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    assert started.returncode == 1, started.stderr[-2000:]
+    assert "error: the database is read-only: Pigeon cannot write to" in started.stderr
+    assert "Traceback" not in started.stderr
+
+
+@pytest.mark.skipif(DATABASES.engine != "postgresql", reason="a PostgreSQL database")
+def test_postgresql_turned_read_only_answers_503_until_it_is_writable(tmp_path: Path) -> None:
+    server = make_server(tmp_path, PIGEON_DATABASE_TIMEOUT_SECONDS="1")
+    server.start()
+    url = server.env["PIGEON_DATABASE_URL"]
+    try:
+        with server.client(DEMO_KEY) as client:
+            requests = write_requests(server, client)
+            _alter_database(url, "SET default_transaction_read_only = on")
+            answers = {name: _send(client, r) for name, r in requests.items()}
+            assert {n: a.status_code for n, a in answers.items()} == dict.fromkeys(requests, 503)
+            assert all(a.json()["code"] == "database_unavailable" for a in answers.values())
+            assert client.get(f"/v1/users/{DEMO_ID}").status_code == 200  # reads go on
+            _alter_database(url, "RESET default_transaction_read_only")
+            again = {name: _send(client, r).status_code for name, r in requests.items()}
+            assert all(code < 300 for code in again.values()), again
+    finally:
+        server.stop()
+    log = server.log_path.read_text()
+    assert log.count("database unavailable") == 1, log[-3000:]
+    assert "Traceback" not in log
+
+
+@pytest.mark.skipif(DATABASES.engine != "postgresql", reason="a PostgreSQL server to lose")
+def test_postgresql_gone_answers_503_and_pigeon_recovers_when_it_is_back(tmp_path: Path) -> None:
+    cluster = PostgresCluster()  # its own: the suite's server is shared by every test
+    cluster.start()
+    try:
+        server = make_server(
+            tmp_path,
+            PIGEON_DATABASE_URL=cluster.new_database(),
+            PIGEON_DATABASE_TIMEOUT_SECONDS="1",
+        )
+        server.start()
+        try:
+            with server.client(DEMO_KEY) as client:
+                requests = write_requests(server, client)
+                cluster.halt()
+                started = time.monotonic()
+                answers = {name: _send(client, r) for name, r in requests.items()}
+                elapsed = time.monotonic() - started
+                assert {n: a.status_code for n, a in answers.items()} == dict.fromkeys(
+                    requests, 503
+                )
+                for answer in answers.values():
+                    assert answer.json()["code"] == "database_unavailable"
+                    assert answer.headers["retry-after"] == "5"
+                assert elapsed < 30
+                cluster.resume()
+                again = {name: _send(client, r).status_code for name, r in requests.items()}
+                assert all(code < 300 for code in again.values()), again
+        finally:
+            server.stop()
+    finally:
+        cluster.stop()
+    log = server.log_path.read_text()
+    assert log.count("database unavailable") == 1, log[-3000:]
+    assert "Traceback" not in log
+
+
+def _mount_tmpfs(where: Path, size: str) -> None:
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+
+
+@pytest.mark.skipif(DATABASES.engine != "sqlite", reason="a SQLite file on a small disk")
+def test_a_full_disk_answers_503_until_there_is_room(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "32m")
+    try:
+        server = make_server(tmp_path, PIGEON_DATABASE_URL=f"sqlite:///{disk / 'pigeon.db'}")
+        server.start()
+        try:
+            with server.client(DEMO_KEY) as client:
+                filler = disk / "filler"
+                with filler.open("wb") as out, contextlib.suppress(OSError):
+                    while True:
+                        out.write(b"\0" * (1 << 20))
+                        out.flush()
+                before = _counts(server.env["PIGEON_DATABASE_URL"])
+                big = {"x": "y" * 60_000}
+                answers = [
+                    client.post("/v1/users", json={"username": f"f{i}", "data": big})
+                    for i in range(40)
+                ] + [
+                    client.post(
+                        f"/v1/users/{DEMO_ID}/message/sms", json={"content": {"text": "x" * 1000}}
+                    )
+                    for _ in range(40)
+                ]
+                assert {a.status_code for a in answers} == {503}
+                assert {a.json()["code"] for a in answers} == {"database_unavailable"}
+                assert _counts(server.env["PIGEON_DATABASE_URL"]) == before
+                filler.unlink()
+                assert client.post("/v1/users", json={"username": "room"}).status_code == 201
+                sent = client.post(
+                    f"/v1/users/{DEMO_ID}/message/sms", json={"content": {"text": "x"}}
+                )
+                assert sent.status_code == 200
+        finally:
+            server.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    log = server.log_path.read_text()
+    assert log.count("database unavailable") == 1, log[-3000:]
+    assert "Traceback" not in log

@@ -109,6 +109,9 @@ def unavailable(exc: BaseException) -> DatabaseUnavailable | None:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The driver's own message: never SQLAlchemy's, which quotes the statement's parameters."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
     text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     return text[:300]
 

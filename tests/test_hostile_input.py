@@ -158,3 +158,12 @@ def test_a_wrong_webhook_token_is_401_before_the_body_is_read(
                 assert answer.json()["code"] == "invalid_webhook_token"
             assert owner
             assert kind in ("reports", "inbound")
+
+
+def test_a_body_past_10_mb_is_413(served: Server, webhooks: list[str]) -> None:
+    body = b'{"content": {"text": "' + b"x" * 10_000_000 + b'"}}'
+    with served.client(DEMO_KEY) as client:
+        for method, path in [*AUTHENTICATED[:1], *AUTHENTICATED[5:6], ("POST", webhooks[0])]:
+            answer = client.request(method, path, content=body, headers=JSON)
+            assert answer.status_code == 413, (path, answer.text)
+            assert answer.json()["code"] == "payload_too_large"

@@ -267,6 +267,7 @@ async def _message_page(
                 account_id=session.account_id,
                 limit=PAGE,
                 cursor=request.query_params.get("cursor"),
+                cursors=services(request).cursors,
                 channel=filters.get("channel"),
                 status=filters.get("status"),
                 recipient=filters.get("recipient"),
@@ -334,6 +335,7 @@ async def _recipient_messages(
             account_id=session.account_id,
             limit=PAGE,
             cursor=None,
+            cursors=services(request).cursors,
             recipient=recipient_id,
         )
 
@@ -347,6 +349,7 @@ async def user_list(request: Request[Any, Any, Any]) -> Template:
             account_id=session.account_id,
             limit=PAGE,
             cursor=request.query_params.get("cursor"),
+            cursors=services(request).cursors,
         )
     return _page(request, "users.html", session, page=page)
 
@@ -369,6 +372,7 @@ async def identity_list(request: Request[Any, Any, Any]) -> Template:
             account_id=session.account_id,
             limit=PAGE,
             cursor=request.query_params.get("cursor"),
+            cursors=services(request).cursors,
         )
     return _page(request, "identities.html", session, page=page)
 

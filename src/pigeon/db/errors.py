@@ -68,7 +68,9 @@ def unavailable_reason(exc: BaseException) -> str | None:
         return _POSTGRESQL_STATES.get(state) or _POSTGRESQL_CLASSES.get(state[:2])
     if _cannot_connect(exc):
         return "the database server cannot be reached"
-    cause = exc.__cause__
+    # An error raised while handling one of these (say, by a rollback on a connection that is
+    # gone: SQLAlchemy's PendingRollbackError) still means the database cannot serve.
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     return unavailable_reason(cause) if cause is not None and cause is not exc else None
 
 

@@ -16,7 +16,7 @@ import time
 
 import structlog
 from sqlalchemy import update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, PendingRollbackError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from pigeon.db.engine import create_engine
@@ -57,6 +57,8 @@ def unavailable_reason(exc: BaseException) -> str | None:
     """Why `exc` means the database cannot serve now; None when it means something else."""
     if isinstance(exc, PoolTimeout):
         return "no database connection was free"
+    if isinstance(exc, PendingRollbackError):  # a transaction's connection was lost in it
+        return "the connection to the database was lost"
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return "the connection to the database was lost"

@@ -4,6 +4,7 @@ in every API process of a database and after a restart."""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,17 +13,36 @@ import pytest
 
 from tests.conftest import DATABASES, Server, make_server
 from tests.factories import create_tenant, make_person, make_user
+from tests.fakes.receiver import Receiver
 
-LISTS = ["/v1/users", "/v1/identities", "/v1/messages"]
+DELIVERIES = "/v1/webhook-endpoints/{endpoint}/deliveries"
+LISTS = [
+    "/v1/users",
+    "/v1/identities",
+    "/v1/messages",
+    "/v1/events",
+    "/v1/webhook-endpoints",
+    DELIVERIES,
+]
 
 
-def _fill(client: httpx.Client) -> None:
-    """Three rows in every list."""
+def _fill(client: httpx.Client, receiver: Receiver) -> dict[str, str]:
+    """Three rows or more in every list; each list's path (an endpoint's deliveries named)."""
+    endpoints = [
+        client.post("/v1/webhook-endpoints", json={"url": receiver.url}).json()["id"]
+        for _ in range(3)
+    ]
     for _ in range(3):
         user = make_user(client)
         make_person(client)
         sent = client.post(f"/v1/users/{user['id']}/message/sms", json={"content": {"text": "x"}})
         assert sent.status_code == 200, sent.text
+    paths = {path: path.format(endpoint=endpoints[0]) for path in LISTS}
+    deadline = time.monotonic() + 30
+    while len(client.get(paths[DELIVERIES]).json()["items"]) < 3:
+        assert time.monotonic() < deadline, "the events were not delivered"
+        time.sleep(0.1)
+    return paths
 
 
 def _cursor(client: httpx.Client, path: str) -> str:
@@ -31,6 +51,13 @@ def _cursor(client: httpx.Client, path: str) -> str:
     cursor: str = page.json()["next_cursor"]
     assert cursor
     return cursor
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    started = Receiver().start()
+    yield started
+    started.stop()
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +76,14 @@ def _assert_invalid(answer: httpx.Response) -> None:
     ]
 
 
-@pytest.mark.parametrize("path", LISTS)
-def test_a_cursor_the_api_did_not_issue_is_422_never_a_page(served: Server, path: str) -> None:
+@pytest.mark.parametrize("listed", LISTS)
+def test_a_cursor_the_api_did_not_issue_is_422_never_a_page(
+    served: Server, receiver: Receiver, listed: str
+) -> None:
     tenant = create_tenant(served)
     with served.client(tenant.api_key) as client:
-        _fill(client)
+        paths = _fill(client, receiver)
+        path = paths[listed]
         issued = _cursor(client, path)
         key = "messageId" if path == "/v1/messages" else "id"
         first_id = client.get(path, params={"limit": 1}).json()["items"][0][key]
@@ -68,6 +98,7 @@ def test_a_cursor_the_api_did_not_issue_is_422_never_a_page(served: Server, path
             "\u202e" + issued,
             "%ff",
             "AAAA",
+            "MTIz",  # "123", unsigned: a position any numbered list might have
             unsigned,  # what the API issued before cursors were signed
             edited,
             issued[:-2],
@@ -78,22 +109,23 @@ def test_a_cursor_the_api_did_not_issue_is_422_never_a_page(served: Server, path
         for cursor in foreign:
             _assert_invalid(client.get(path, params={"cursor": cursor}))
         # A cursor of another list, or of another tenant, is not this one's.
-        for other in LISTS:
+        for other in paths.values():
             if other != path:
                 _assert_invalid(client.get(other, params={"cursor": issued}))
     other_tenant = create_tenant(served)
     with served.client(other_tenant.api_key) as client:
-        _assert_invalid(client.get(path, params={"cursor": issued}))
+        theirs = _fill(client, receiver)[listed]
+        _assert_invalid(client.get(theirs, params={"cursor": issued}))
 
 
-def test_cursors_survive_a_restart(tmp_path: Path) -> None:
+def test_cursors_survive_a_restart(tmp_path: Path, receiver: Receiver) -> None:
     first = make_server(tmp_path)
     first.start()
     try:
         tenant = create_tenant(first)
         with first.client(tenant.api_key) as client:
-            _fill(client)
-            cursors = {path: _cursor(client, path) for path in LISTS}
+            paths = _fill(client, receiver)
+            cursors = {path: _cursor(client, path) for path in paths.values()}
     finally:
         first.stop()
     again = make_server(
@@ -119,7 +151,8 @@ def test_cursors_work_across_api_processes(tmp_path: Path) -> None:
     try:
         tenant = create_tenant(server)
         with server.client(tenant.api_key) as client:
-            _fill(client)
+            for _ in range(3):
+                make_user(client)
         # New connections, spread over the processes by the kernel.
         for _ in range(12):
             with server.client(tenant.api_key) as client:

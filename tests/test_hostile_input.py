@@ -2,18 +2,25 @@
 
 Invalid UTF-8 and JSON nested past what msgspec decodes are malformed JSON (400); free-form
 `data` is bounded in depth and size (422); a request without a valid key is answered 401
-before its body is looked at, and a webhook with a wrong token likewise.
+before its body is looked at, and a webhook with a wrong token likewise. The routes are read
+from the server's own OpenAPI document, so a route added later is covered by these tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from pigeon.webhooks import twilio
 from tests.conftest import DEMO_ID, DEMO_KEY, Server, make_server
 
 # A lone 0xff; "/" encoded in two bytes (overlong); a UTF-16 surrogate encoded in UTF-8.
@@ -23,24 +30,10 @@ INVALID_UTF8 = {
     "surrogate": b"\xed\xa0\x80",
 }
 TOO_DEEP = b"[" * 5000 + b"]" * 5000
-SENDS = (
-    [f"/v1/users/{DEMO_ID}/message/{channel}" for channel in ("sms", "whatsapp", "email")]
-    + [
-        f"/v1/identities/{DEMO_ID}/person/message/{channel}"
-        for channel in ("sms", "whatsapp", "email")
-    ]
-    + [f"/v1/apps/message/{channel}" for channel in ("sms", "whatsapp", "email")]
-)
-AUTHENTICATED = [
-    ("POST", "/v1/users"),
-    ("PATCH", f"/v1/users/{DEMO_ID}"),
-    ("POST", "/v1/identities"),
-    ("PATCH", f"/v1/identities/{DEMO_ID}"),
-    ("PUT", "/v1/extensions/infobip"),
-    *(("POST", path) for path in SENDS),
-    *(("POST", f"{path}/") for path in SENDS[:1]),  # Litestar's own route, not the fast path
-]
+LITESTARS_SEND = ("POST", f"/v1/users/{DEMO_ID}/message/sms/")  # not the fast path
 JSON = {"content-type": "application/json"}
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+Route = tuple[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -52,37 +45,88 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def webhooks(served: Server) -> list[str]:
-    """The demo tenant's two webhook paths."""
+def path_values(served: Server) -> dict[str, str]:
+    """A real value for each path parameter of the document: the demo tenant's rows."""
     with served.client(DEMO_KEY) as client:
-        urls = client.get("/v1/extensions/infobip").json()["webhooks"]
-    return [url.removeprefix(served.base_url) for url in urls.values()]
+        hooks = client.get("/v1/extensions/infobip").json()["webhooks"]
+        endpoint = client.post("/v1/webhook-endpoints", json={"url": "https://example.com/h"})
+        assert endpoint.status_code == 201, endpoint.text
+    owner, token = hooks["inbound"].rsplit("/", 3)[1:3]
+    return {
+        "user_id": DEMO_ID,
+        "identity_id": DEMO_ID,
+        "message_id": "1795854949169642417726",
+        "event_id": "evt_0",
+        "endpoint_id": endpoint.json()["id"],
+        "owner": owner,
+        "token": token,
+    }
 
 
-def _all_routes(webhooks: list[str]) -> list[tuple[str, str]]:
-    return AUTHENTICATED + [("POST", path) for path in webhooks]
+@pytest.fixture(scope="module")
+def operations(served: Server, path_values: dict[str, str]) -> list[dict[str, Any]]:
+    """Every operation of the server's own OpenAPI document, its path filled in."""
+    with served.client() as client:
+        document = client.get("/openapi.json").json()
+    found = []
+    for template, item in document["paths"].items():
+        path = re.sub(r"{(\w+)}", lambda m: path_values[m.group(1)], template)
+        for method, operation in item.items():
+            found.append({**operation, "method": method.upper(), "path": path})
+    return found
 
 
-def test_invalid_utf8_is_malformed_json_on_every_route(served: Server, webhooks: list[str]) -> None:
+@pytest.fixture(scope="module")
+def with_body(operations: list[dict[str, Any]]) -> list[Route]:
+    """Every route that takes a JSON body (and Litestar's own send route)."""
+    routes = [(o["method"], o["path"]) for o in operations if "requestBody" in o]
+    # users and identities (2 each), the extension, nine sends, two webhooks, three of the
+    # webhook endpoints'
+    assert len(routes) >= 17, routes
+    return [*routes, LITESTARS_SEND]
+
+
+@pytest.fixture(scope="module")
+def authenticated(operations: list[dict[str, Any]]) -> list[Route]:
+    """Every route that takes an API key, whatever its method."""
+    routes = [(o["method"], o["path"]) for o in operations if o.get("security") != [{}]]
+    assert len(routes) >= 34, routes
+    return [*routes, LITESTARS_SEND]
+
+
+@pytest.fixture(scope="module")
+def webhooks(operations: list[dict[str, Any]]) -> list[str]:
+    """The demo tenant's Infobip webhook paths."""
+    return [o["path"] for o in operations if o["path"].startswith("/v1/webhooks/infobip/")]
+
+
+def test_invalid_utf8_is_malformed_json_on_every_route(
+    served: Server, with_body: list[Route]
+) -> None:
     with served.client(DEMO_KEY) as client:
-        for method, path in _all_routes(webhooks):
+        for method, path in with_body:
             for name, raw in INVALID_UTF8.items():
                 body = b'{"username": "a' + raw + b'", "content": {"text": "x' + raw + b'"}}'
                 answer = client.request(method, path, content=body, headers=JSON)
                 assert answer.status_code == 400, (method, path, name, answer.text)
                 assert answer.json()["code"] == "malformed_json"
                 assert answer.headers["content-type"] == "application/problem+json"
+                # Holding a NUL too (the NUL check decodes such a body first): still a 400.
+                with_nul = body.replace(b'"a', b'"\\u0000a')
+                answer = client.request(method, path, content=with_nul, headers=JSON)
+                assert answer.status_code == 400, (method, path, name, answer.text)
 
 
 def test_json_nested_past_the_decoder_is_malformed_json_on_every_route(
-    served: Server, webhooks: list[str]
+    served: Server, with_body: list[Route]
 ) -> None:
     with served.client(DEMO_KEY) as client:
-        for method, path in _all_routes(webhooks):
-            answer = client.request(method, path, content=TOO_DEEP, headers=JSON)
-            assert answer.status_code == 400, (method, path, answer.text)
-            assert answer.json()["code"] == "malformed_json"
-            assert "nested too deeply" in answer.json()["detail"]
+        for method, path in with_body:
+            for body in (TOO_DEEP, b'["\\u0000",' + TOO_DEEP + b"]"):
+                answer = client.request(method, path, content=body, headers=JSON)
+                assert answer.status_code == 400, (method, path, answer.text)
+                assert answer.json()["code"] == "malformed_json"
+                assert "nested too deeply" in answer.json()["detail"]
 
 
 def _nested(levels: int) -> dict[str, object]:
@@ -134,10 +178,12 @@ def test_the_data_limit_defaults_to_64_kib(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("key", [None, "not-a-key"])
-def test_no_valid_key_is_401_before_the_body_is_read(served: Server, key: str | None) -> None:
+def test_no_valid_key_is_401_before_the_body_is_read(
+    served: Server, authenticated: list[Route], key: str | None
+) -> None:
     headers = {**JSON, **({"x-api-key": key} if key else {})}
     with httpx.Client(base_url=served.base_url, headers=headers) as client:
-        for method, path in AUTHENTICATED:
+        for method, path in authenticated:
             for body in (b"{not json", b'{"a": "\xff"}', TOO_DEEP, b'{"unknown": 1}'):
                 answer = client.request(method, path, content=body)
                 assert answer.status_code == 401, (method, path, body[:10], answer.text)
@@ -163,7 +209,67 @@ def test_a_wrong_webhook_token_is_401_before_the_body_is_read(
 def test_a_body_past_10_mb_is_413(served: Server, webhooks: list[str]) -> None:
     body = b'{"content": {"text": "' + b"x" * 10_000_000 + b'"}}'
     with served.client(DEMO_KEY) as client:
-        for method, path in [*AUTHENTICATED[:1], *AUTHENTICATED[5:6], ("POST", webhooks[0])]:
+        routes = [
+            ("POST", "/v1/users"),
+            ("POST", f"/v1/users/{DEMO_ID}/message/sms"),  # the fast path
+            ("POST", "/v1/webhook-endpoints"),
+            ("POST", webhooks[0]),
+        ]
+        for method, path in routes:
             answer = client.request(method, path, content=body, headers=JSON)
             assert answer.status_code == 413, (path, answer.text)
             assert answer.json()["code"] == "payload_too_large"
+
+
+def test_twilio_callbacks_are_authenticated_then_bounded(
+    served: Server, path_values: dict[str, str]
+) -> None:
+    platform = served.cli("webhooks")
+    token = next(line.rsplit("/", 2)[1] for line in platform.splitlines() if "/reports" in line)
+    status = f"/v1/webhooks/twilio/platform/{token}/status"
+    with httpx.Client(base_url=served.base_url, headers=FORM) as client:
+        huge = b"MessageSid=SM1&x=" + b"y" * (twilio.MAX_BYTES + 1)
+        many = "&".join(f"p{i}=v" for i in range(twilio.MAX_FIELDS + 1)).encode()
+        forged = [
+            status.replace(f"/{token}/", "/forged-token/"),
+            status.replace("/platform/", f"/{path_values['owner']}/"),  # Twilio's is the platform's
+        ]
+        for path in forged:
+            for body in (huge, many, b"MessageSid=SM1"):
+                answer = client.post(path, content=body)
+                assert answer.status_code == 401, (path, answer.text)
+                assert answer.json()["code"] == "invalid_webhook_token"
+        too_large = client.post(status, content=huge)
+        assert too_large.status_code == 413, too_large.text
+        assert too_large.json()["code"] == "payload_too_large"
+        too_many = client.post(status, content=many)
+        assert too_many.status_code == 400, too_many.text
+        assert too_many.json()["code"] == "malformed_callback"
+        unsigned = client.post(status, content=b"MessageSid=SM1&MessageStatus=delivered")
+        assert unsigned.status_code == 401
+        assert unsigned.json()["code"] == "invalid_twilio_signature"
+
+
+def test_a_hostile_first_stream_message_is_a_missing_key(served: Server) -> None:
+    url = served.base_url.replace("http://", "ws://") + "/v1/stream"
+
+    async def first_answer(message: str | bytes) -> tuple[dict[str, Any], int | None]:
+        async with connect(url, max_size=None) as ws:
+            await ws.send(message)
+            answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            return answer, ws.close_code
+
+    hostile = [
+        "[" * 5000 + "]" * 5000,  # nested past the decoder
+        json.dumps({"type": "subscribe", "realm": DEMO_KEY, "pad": "x" * 10_000}),  # too large
+        b"\xff\xfe",  # binary
+        "not json",
+    ]
+    for message in hostile:
+        answer, code = asyncio.run(first_answer(message))
+        assert answer["type"] == "error", message[:20]
+        assert answer["realm"] == "Invalid Realm Key."
+        assert code == 1008
+    assert "Traceback" not in served.log_path.read_text()

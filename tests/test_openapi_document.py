@@ -239,3 +239,42 @@ def test_head_health_and_the_message_filters_are_documented(document: dict[str, 
         for f in e["value"].get("errors") or []
     }
     assert {"recipient", "from"} <= fields
+
+
+def _codes(operation: dict[str, Any], status: str) -> set[str]:
+    response = operation["responses"].get(status)
+    if response is None:
+        return set()
+    examples = response["content"]["application/problem+json"]["examples"].values()
+    return {e["value"]["code"] for e in examples}
+
+
+def _details(operation: dict[str, Any], status: str) -> list[str]:
+    examples = operation["responses"][status]["content"]["application/problem+json"]["examples"]
+    return [e["value"]["detail"] for e in examples.values()]
+
+
+def test_the_input_limits_are_documented_where_they_apply(document: dict[str, Any]) -> None:
+    for method, path, operation in operations(document):
+        where = (method, path)
+        assert _codes(operation, "431") == {"headers_too_large"}, where
+        assert _codes(operation, "408") == {"request_timeout"}, where
+        if "requestBody" in operation:
+            assert "malformed_json" in _codes(operation, "400"), where
+            details = " | ".join(_details(operation, "400"))
+            assert "not valid UTF-8" in details, where
+            assert "nested too deeply" in details, where
+            assert _codes(operation, "413") == {"payload_too_large"}, where
+        if any(p["name"] == "cursor" for p in operation.get("parameters", [])):
+            assert "invalid_cursor" in _codes(operation, "422"), where
+        if operation.get("security") != [{}]:
+            assert _codes(operation, "503") == {"database_unavailable"}, where
+            assert "Retry-After" in operation["responses"]["503"]["headers"], where
+    paths = document["paths"]
+    for path, method in [("/v1/users", "post"), ("/v1/identities/{identity_id}", "patch")]:
+        assert {"data_too_deep", "data_too_large"} <= _codes(paths[path][method], "422")
+    reports = paths["/v1/webhooks/infobip/{owner}/{token}/reports"]["post"]
+    assert any("results" in d and "1000" in d for d in _details(reports, "422"))
+    twilio = paths["/v1/webhooks/twilio/{owner}/{token}/status"]["post"]
+    assert {"payload_too_large"} == _codes(twilio, "413")
+    assert "65,536" in twilio["responses"]["413"]["description"]

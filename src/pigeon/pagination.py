@@ -99,33 +99,3 @@ async def load_cursors(engine: AsyncEngine) -> Cursors:
                 pass  # another process created it first: use theirs
             key = (await conn.execute(query)).scalar_one()
     return Cursors(str(key).encode())
-
-
-# Unsigned cursors, still used by the events' lists (/v1/events, webhook endpoints and their
-# attempts) until they take a `Cursors` too.
-def encode_cursor(last_id: str) -> str:
-    """The unsigned cursor that continues after `last_id`."""
-    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> str | None:
-    """The id an unsigned cursor continues after; a 422 for anything else."""
-    if not cursor:
-        return None
-    if not _TOKEN.fullmatch(cursor):
-        raise _invalid()
-    try:
-        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, ValueError):
-        raise _invalid() from None
-    if not _ID.fullmatch(value):
-        raise _invalid()
-    return value
-
-
-def split_page(
-    rows: Sequence[T], limit: int, last_id: Callable[[T], str]
-) -> tuple[list[T], str | None]:
-    """Cut `limit + 1` fetched rows into a page and the next page's unsigned cursor."""
-    page = list(rows[:limit])
-    return page, encode_cursor(last_id(page[-1])) if len(rows) > limit else None

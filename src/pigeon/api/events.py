@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from litestar import Request, Router, get
 from litestar.params import Parameter, QueryParameter
 
-from pigeon.api.deps import AccountId, services
+from pigeon.api.deps import AccountId, require_api_key, services
 from pigeon.events import query
 from pigeon.events.schemas import Event, EventList
 from pigeon.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -29,12 +29,14 @@ async def list_events(
         datetime | None, Parameter(description="only events created after this")
     ] = None,
 ) -> EventList:
-    async with services(request).reader.connect() as conn:
+    svc = services(request)
+    async with svc.reader.connect() as conn:
         return await query.list_events(
             conn=conn,
             account_id=account_id,
             limit=limit,
             cursor=cursor,
+            cursors=svc.cursors,
             event_type=event_type,
             after=after,
         )
@@ -46,4 +48,9 @@ async def get_event(request: Request[Any, Any, Any], account_id: AccountId, even
         return await query.get_event(conn=conn, account_id=account_id, event_id=event_id)
 
 
-router = Router("/v1/events", route_handlers=[list_events, get_event], tags=["Events"])
+router = Router(
+    "/v1/events",
+    route_handlers=[list_events, get_event],
+    guards=[require_api_key],
+    tags=["Events"],
+)

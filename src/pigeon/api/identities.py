@@ -24,7 +24,7 @@ from pigeon.pagination import DEFAULT_LIMIT, MAX_LIMIT
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="page size")]
 Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page")]
 IdentityId = Annotated[str, doc.path_id("the Identity's id")]
-CONTACT_RULES = (doc.INVALID_PHONE, doc.INVALID_EMAIL)
+CONTACT_RULES = (*doc.DATA, doc.INVALID_PHONE, doc.INVALID_EMAIL)
 # POST /{id}/person names a contact relative to its body (the person itself).
 PERSON_CONTACT_RULES = (
     doc.Documented(

@@ -30,9 +30,13 @@ from litestar.openapi.spec import (
 )
 from litestar.routes import HTTPRoute
 
+from pigeon.api.body import MAX_BODY_BYTES, MAX_DEPTH
 from pigeon.api.problems import PROBLEM_JSON
 from pigeon.demo import DEMO_OBJECT_ID
+from pigeon.http import MAX_HEADER_BYTES
 from pigeon.idempotency.store import MAX_KEY_LENGTH
+from pigeon.webhooks import twilio
+from pigeon.webhooks.schemas import MAX_WEBHOOK_ENTRIES
 
 NO_AUTH: list[dict[str, list[str]]] = [{}]
 """The `security` of a route that takes no API key (webhooks, health)."""
@@ -82,6 +86,10 @@ OTHER_ID = "634b56217f6a7b0be52dff00"  # a well-formed id the demo tenant does n
 MALFORMED_JSON = Documented(
     400, "malformed_json", "the request body is not valid JSON: Input data was truncated"
 )
+NOT_UTF8 = Documented(400, "malformed_json", "the request body is not valid UTF-8 (byte 14)")
+NESTED_TOO_DEEPLY = Documented(
+    400, "malformed_json", "the request body is not valid JSON: nested too deeply"
+)
 MISSING_API_KEY = Documented(
     401, "missing_api_key", "missing API key: send it in the x-api-key header"
 )
@@ -89,6 +97,11 @@ INVALID_API_KEY = Documented(401, "invalid_api_key", "invalid or revoked API key
 INVALID_WEBHOOK_TOKEN = Documented(401, "invalid_webhook_token", "unknown webhook URL")
 INVALID_TWILIO_SIGNATURE = Documented(401, "invalid_twilio_signature", "invalid X-Twilio-Signature")
 MALFORMED_CALLBACK = Documented(400, "malformed_callback", "a status callback names its MessageSid")
+TOO_MANY_PARAMETERS = Documented(
+    400,
+    "malformed_callback",
+    f"a status callback holds at most {twilio.MAX_FIELDS} parameters",
+)
 USER_NOT_FOUND = Documented(404, "user_not_found", f"user {OTHER_ID} not found")
 IDENTITY_NOT_FOUND = Documented(404, "identity_not_found", f"identity {OTHER_ID} not found")
 MESSAGE_NOT_FOUND = Documented(404, "message_not_found", "message 1795854949169642417726 not found")
@@ -104,6 +117,12 @@ IN_FLIGHT = Documented(
     "a request with this idempotency-key is still being processed; retry shortly",
 )
 TOO_LARGE = Documented(413, "payload_too_large", "Request Entity Too Large")
+REQUEST_TIMEOUT = Documented(408, "request_timeout", "the request did not arrive within 30 seconds")
+HEADERS_TOO_LARGE = Documented(
+    431,
+    "headers_too_large",
+    f"the request's line and headers exceed {MAX_HEADER_BYTES} bytes",
+)
 VALIDATION = Documented(
     422, "validation_error", "content.subject: unknown field", field="content.subject"
 )
@@ -120,6 +139,27 @@ INVALID_KEY = Documented(
 )
 INVALID_CURSOR = Documented(
     422, "invalid_cursor", "cursor: not a cursor this API issued", field="cursor"
+)
+DATA_TOO_DEEP = Documented(
+    422,
+    "data_too_deep",
+    f"data: must nest at most {MAX_DEPTH} levels deep",
+    field="data",
+)
+DATA_TOO_LARGE = Documented(
+    422,
+    "data_too_large",
+    "data: must be at most 65536 bytes as JSON (it is 70012)",
+    field="data",
+)
+TOO_MANY_RESULTS = Documented(
+    422,
+    "validation_error",
+    f"results: Expected `array` of length <= {MAX_WEBHOOK_ENTRIES}",
+    field="results",
+)
+RESULT_TOO_DEEP = Documented(
+    422, "data_too_deep", "results[0]: nested too deeply", field="results[0]"
 )
 INVALID_PHONE = Documented(
     422, "invalid_phone", "channel.sms: '12' is not a phone number", field="channel.sms"
@@ -143,19 +183,27 @@ MIGRATIONS_NOT_AT_HEAD = Documented(
 )
 
 AUTH = (MISSING_API_KEY, INVALID_API_KEY)
-BODY = (MALFORMED_JSON, TOO_LARGE, VALIDATION)
+BODY = (MALFORMED_JSON, NOT_UTF8, NESTED_TOO_DEEPLY, TOO_LARGE, VALIDATION)
+DATA = (DATA_TOO_DEEP, DATA_TOO_LARGE)  # a User's or Identity's free-form `data`
+HTTP = (REQUEST_TIMEOUT, HEADERS_TOO_LARGE)  # any request, before a route sees it
 IDEMPOTENCY = (IN_FLIGHT, KEY_REUSED, INVALID_KEY)
 READ = (*AUTH, DATABASE_UNAVAILABLE)
 LIST = (*READ, VALIDATION, INVALID_CURSOR)
 WRITE = (*AUTH, *BODY, *IDEMPOTENCY, DATABASE_UNAVAILABLE)
 
 _WHY = {
-    400: "The body is not JSON (or not UTF-8).",
-    401: "No API key, an unknown or revoked one (or, on a webhook, an unknown URL).",
+    400: "The body is not JSON (or not UTF-8, or nested deeper than the decoder takes).",
+    401: "No API key, an unknown or revoked one (or, on a webhook, an unknown URL); checked "
+    "before the body is read.",
     404: "Not found: another tenant's id answers exactly like a missing one.",
+    408: "The request did not arrive whole within `PIGEON_HTTP_TIMEOUT_SECONDS` (30 s); the "
+    "connection is closed.",
     409: "A conflict; `idempotency_request_in_flight` comes with `Retry-After`.",
-    413: "The request body is too large.",
+    413: f"The request body is too large: over {MAX_BODY_BYTES:,} bytes ({twilio.MAX_BYTES:,} "
+    "for a Twilio status callback).",
     422: "The request is well-formed JSON but breaks a rule; `errors` names the fields.",
+    431: f"The request line and headers are over {MAX_HEADER_BYTES:,} bytes in all; the "
+    "connection is closed.",
     503: "Not now (the database is unavailable, or not migrated); retry after `Retry-After`.",
 }
 
@@ -197,8 +245,8 @@ def document_routes(app: Litestar) -> None:
     """Document every route as Pigeon answers, whoever wrote it.
 
     - A status a route leaves out of `responses=problems(...)` gets the default for its kind:
-      401 and 503 with an API key; 400, 413 and 422 with a body; 422 with query parameters;
-      404 with path parameters.
+      408 and 431 on every route; 401 and 503 with an API key; 400, 413 and 422 with a body;
+      422 with query parameters (`invalid_cursor` with a cursor); 404 with path parameters.
     - A POST or PATCH with an API key honours `idempotency-key` (api/deps.guarded_write, the
       sends): it is an IdempotentWrite; every other route a DocumentedOperation.
     - No generated examples: Litestar's are random letters; examples are the docs' own.
@@ -213,7 +261,8 @@ def document_routes(app: Litestar) -> None:
                 status: dataclasses.replace(spec, generate_examples=False)
                 for status, spec in (handler.responses or {}).items()
             }
-            handler.responses = {**problems(*_default_problems(route, handler)), **stated}
+            answers = {**problems(*_default_problems(route, handler)), **stated}
+            handler.responses = dict(sorted(answers.items()))
             if issubclass(handler.operation_class, DocumentedOperation):
                 continue
             writes = handler.http_methods & {"POST", "PATCH"}
@@ -225,11 +274,15 @@ def _default_problems(route: HTTPRoute, handler: HTTPRouteHandler) -> list[Docum
     signature = set(handler.parsed_fn_signature.parameters)
     path_names = set(route.path_parameters)
     with_key = handler.security != NO_AUTH
-    found: list[Documented] = [*AUTH, DATABASE_UNAVAILABLE] if with_key else []
+    found: list[Documented] = [*HTTP]
+    if with_key:
+        found += [*AUTH, DATABASE_UNAVAILABLE]
     if "data" in signature:
         found += BODY
     elif signature - _NOT_PARAMETERS - path_names:
         found.append(VALIDATION)
+    if "cursor" in signature:
+        found.append(INVALID_CURSOR)
     if path_names and with_key:
         found.append(NOT_FOUND)
     return found

@@ -6,6 +6,9 @@ The client authenticates with `x-api-key` on the handshake, or by sending
 tenant's events arrives as `{"type": "notification", "event", "data": "<messageId>",
 "timestamp"}`. A bad key is answered `{"type": "error", "realm": "Invalid Realm Key.", ...}`
 and the connection is closed with 1008, as is a client too slow to take its notifications.
+A first message that is not a subscribe (not JSON, not UTF-8, nested past the decoder, larger
+than a subscribe can be) is a missing key; while the database cannot serve, the connection is
+closed with 1013 (try again later) instead.
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ import structlog
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
+from pigeon.api.body import UNDECODABLE
 from pigeon.api.deps import api_key_from
+from pigeon.db.errors import unavailable
 from pigeon.errors import PigeonError
 from pigeon.events.stream import StreamHub, Subscriber
 
 log = structlog.get_logger("pigeon.stream")
 
 POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+MAX_SUBSCRIBE_CHARACTERS = 4096  # a subscribe holds an API key and two short fields
 SUBSCRIBE_WITHIN = 10.0
 INVALID_REALM = "Invalid Realm Key."
 
@@ -42,8 +49,14 @@ async def _key(socket: WebSocket[Any, Any, Any]) -> str | None:
         return key
     try:
         async with asyncio.timeout(SUBSCRIBE_WITHIN):
-            first = msgspec.json.decode(await socket.receive_text())
-    except (TimeoutError, msgspec.DecodeError):
+            text = await socket.receive_data("text")
+    except (TimeoutError, WebSocketDisconnect):
+        return None
+    if len(text) > MAX_SUBSCRIBE_CHARACTERS:
+        return None
+    try:
+        first = msgspec.json.decode(text)
+    except UNDECODABLE:
         return None
     if isinstance(first, dict) and first.get("type") == "subscribe":
         realm = first.get("realm")
@@ -78,8 +91,13 @@ async def stream(socket: WebSocket[Any, Any, Any]) -> None:
     key = await _key(socket)
     try:
         account_id = await services.auth.authenticate(key)
-    except PigeonError:
-        await _refuse(socket)
+    except Exception as exc:
+        if unavailable(exc) is not None:  # logged once an incident
+            await socket.close(code=TRY_AGAIN_LATER, reason="database unavailable; retry later")
+        elif isinstance(exc, PigeonError):
+            await _refuse(socket)
+        else:
+            raise
         return
     hub: StreamHub = services.stream
     subscriber = hub.subscribe(account_id)

@@ -19,6 +19,7 @@ Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="page size")]
 Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page")]
 UserId = Annotated[str, doc.path_id("the User's id")]
 USER_RULES = (
+    *doc.DATA,
     doc.USERNAME_TAKEN,
     doc.INVALID_PHONE,
     doc.INVALID_EMAIL,

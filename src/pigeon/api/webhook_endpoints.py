@@ -10,7 +10,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pigeon.api.deps import AccountId, guarded_write, services
+from pigeon.api.deps import AccountId, guarded_write, require_api_key, services
 from pigeon.events import endpoints as service
 from pigeon.events.schemas import (
     DeliveryAttemptList,
@@ -62,9 +62,10 @@ async def list_endpoints(
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> EndpointList:
-    async with services(request).reader.connect() as conn:
+    svc = services(request)
+    async with svc.reader.connect() as conn:
         return await service.list_endpoints(
-            conn=conn, account_id=account_id, limit=limit, cursor=cursor
+            conn=conn, account_id=account_id, limit=limit, cursor=cursor, cursors=svc.cursors
         )
 
 
@@ -129,9 +130,15 @@ async def list_deliveries(
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> DeliveryAttemptList:
-    async with services(request).reader.connect() as conn:
+    svc = services(request)
+    async with svc.reader.connect() as conn:
         return await service.list_attempts(
-            conn=conn, account_id=account_id, endpoint_id=endpoint_id, limit=limit, cursor=cursor
+            conn=conn,
+            account_id=account_id,
+            endpoint_id=endpoint_id,
+            limit=limit,
+            cursor=cursor,
+            cursors=svc.cursors,
         )
 
 
@@ -165,5 +172,6 @@ router = Router(
         list_deliveries,
         recover,
     ],
+    guards=[require_api_key],
     tags=["Webhook endpoints"],
 )

@@ -14,7 +14,7 @@ from litestar.params import Body
 from pigeon.api import openapi as doc
 from pigeon.api.body import decode, too_deep
 from pigeon.api.deps import services
-from pigeon.errors import field_error
+from pigeon.errors import BadRequest, Unauthorized, field_error
 from pigeon.webhooks import service, twilio
 from pigeon.webhooks.schemas import DeliveryReports, InboundMessages, WebhookAnswer
 
@@ -42,11 +42,22 @@ async def require_webhook_token(connection: ASGIConnection[Any, Any, Any, Any], 
         )
 
 
+async def require_twilio_token(connection: ASGIConnection[Any, Any, Any, Any], _: object) -> None:
+    """The guard of Twilio's callback: its URL's owner and token, before the body is read."""
+    if not twilio.for_platform(connection.path_params["owner"]):
+        raise Unauthorized("unknown webhook URL", code="invalid_webhook_token")
+    await require_webhook_token(connection, _)
+
+
 WEBHOOK_PROBLEMS = doc.problems(
     doc.MALFORMED_JSON,
+    doc.NOT_UTF8,
+    doc.NESTED_TOO_DEEPLY,
     doc.INVALID_WEBHOOK_TOKEN,
     doc.TOO_LARGE,
     doc.VALIDATION,
+    doc.TOO_MANY_RESULTS,
+    doc.RESULT_TOO_DEEP,
     doc.DATABASE_UNAVAILABLE,
 )
 ANSWER = doc.ok(WebhookAnswer, doc.WEBHOOK_ANSWER, "What was received and applied")
@@ -101,10 +112,12 @@ async def reports(
     description="The URL Pigeon gave Twilio; no API key, but `X-Twilio-Signature` must sign "
     "this URL and the form's parameters with the account's auth token.",
     security=doc.NO_AUTH,
+    request_max_body_size=twilio.MAX_BYTES,
     responses={
         200: ANSWER,
         **doc.problems(
             doc.MALFORMED_CALLBACK,
+            doc.TOO_MANY_PARAMETERS,
             doc.INVALID_TWILIO_SIGNATURE,
             doc.INVALID_WEBHOOK_TOKEN,
             doc.TOO_LARGE,
@@ -113,8 +126,16 @@ async def reports(
     },
 )
 async def twilio_status(request: Request[Any, Any, Any], owner: str, token: str) -> WebhookAnswer:
+    # `owner` and `token` were checked by the route's guard; named here, the document lists them
+    # in the path's order (without them, Litestar's order varies from one process to the next).
     body = (await request.body()).decode("utf-8", errors="replace")
-    params = parse_qsl(body, keep_blank_values=True)
+    try:
+        params = parse_qsl(body, keep_blank_values=True, max_num_fields=twilio.MAX_FIELDS)
+    except ValueError:
+        raise BadRequest(
+            f"a status callback holds at most {twilio.MAX_FIELDS} parameters",
+            code="malformed_callback",
+        ) from None
     svc = services(request)
     # The URL Twilio signed is the one Pigeon gave it: the public base URL and this path.
     url = svc.settings.base_url + request.url.path
@@ -124,8 +145,6 @@ async def twilio_status(request: Request[Any, Any, Any], owner: str, token: str)
         return await twilio.apply_status_callback(
             conn=conn,
             settings=svc.settings,
-            owner=owner,
-            token=token,
             url=url,
             params=params,
             given_signature=request.headers.get("x-twilio-signature"),
@@ -138,4 +157,9 @@ router = Router(
     guards=[require_webhook_token],
     tags=["Webhooks"],
 )
-twilio_router = Router("/v1/webhooks/twilio", route_handlers=[twilio_status], tags=["Webhooks"])
+twilio_router = Router(
+    "/v1/webhooks/twilio",
+    route_handlers=[twilio_status],
+    guards=[require_twilio_token],
+    tags=["Webhooks"],
+)

@@ -27,7 +27,7 @@ from pigeon.events.schemas import (
 from pigeon.events.urls import check_endpoint_url
 from pigeon.extensions.crypto import encrypt_secret
 from pigeon.ids import is_object_id, new_object_id
-from pigeon.pagination import decode_cursor, split_page
+from pigeon.pagination import Cursors
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 SECRET_BYTES = 32
@@ -113,15 +113,16 @@ async def get_endpoint(*, conn: AsyncConnection, account_id: str, endpoint_id: s
 
 
 async def list_endpoints(
-    *, conn: AsyncConnection, account_id: str, limit: int, cursor: str | None
+    *, conn: AsyncConnection, account_id: str, limit: int, cursor: str | None, cursors: Cursors
 ) -> EndpointList:
     """A page of the tenant's endpoints, oldest first."""
     query = select(webhook_endpoints).where(webhook_endpoints.c.account_id == account_id)
-    after = decode_cursor(cursor)
+    scope = f"webhook-endpoints:{account_id}"
+    after = cursors.decode(cursor, scope=scope)
     if after is not None:
         query = query.where(webhook_endpoints.c.id > after)
     rows = (await conn.execute(query.order_by(webhook_endpoints.c.id).limit(limit + 1))).all()
-    page, next_cursor = split_page(rows, limit, lambda row: str(row.id))
+    page, next_cursor = cursors.page(rows, limit, lambda row: str(row.id), scope=scope)
     return EndpointList(items=[_endpoint(row) for row in page], next_cursor=next_cursor)
 
 
@@ -205,19 +206,26 @@ def _attempt(row: Row[Any]) -> DeliveryAttempt:
 
 
 async def list_attempts(
-    *, conn: AsyncConnection, account_id: str, endpoint_id: str, limit: int, cursor: str | None
+    *,
+    conn: AsyncConnection,
+    account_id: str,
+    endpoint_id: str,
+    limit: int,
+    cursor: str | None,
+    cursors: Cursors,
 ) -> DeliveryAttemptList:
     """A page of the endpoint's delivery attempts, newest first."""
     await _row(conn=conn, account_id=account_id, endpoint_id=endpoint_id)
     query = select(webhook_attempts).where(webhook_attempts.c.endpoint_id == endpoint_id)
-    before = decode_cursor(cursor)
+    scope = f"webhook-deliveries:{account_id}:{endpoint_id}"
+    before = cursors.decode(cursor, scope=scope)
     if before is not None:
-        if not before.isdigit():
+        if not before.isdigit():  # signed by this API, so never: an attempt's id is all it issues
             raise field_error("cursor", "not a cursor this API issued", code="invalid_cursor")
         query = query.where(webhook_attempts.c.id < int(before))
     query = query.order_by(webhook_attempts.c.id.desc()).limit(limit + 1)
     rows = (await conn.execute(query)).all()
-    page, next_cursor = split_page(rows, limit, lambda row: str(row.id))
+    page, next_cursor = cursors.page(rows, limit, lambda row: str(row.id), scope=scope)
     return DeliveryAttemptList(items=[_attempt(row) for row in page], next_cursor=next_cursor)
 
 

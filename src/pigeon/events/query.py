@@ -12,7 +12,7 @@ from pigeon.db.tables import events
 from pigeon.errors import NotFound, field_error
 from pigeon.events.catalogue import EVENT_TYPES
 from pigeon.events.schemas import Event, EventList
-from pigeon.pagination import decode_cursor, split_page
+from pigeon.pagination import Cursors
 
 _decoder = msgspec.json.Decoder(Event)
 
@@ -32,6 +32,7 @@ async def list_events(
     account_id: str,
     limit: int,
     cursor: str | None,
+    cursors: Cursors,
     event_type: str | None = None,
     after: datetime | None = None,
 ) -> EventList:
@@ -45,11 +46,12 @@ async def list_events(
         query = query.where(
             events.c.created_at > (after if after.tzinfo else after.replace(tzinfo=UTC))
         )
-    before = decode_cursor(cursor)
+    scope = f"events:{account_id}"
+    before = cursors.decode(cursor, scope=scope)
     if before is not None:
-        if not before.isdigit():
+        if not before.isdigit():  # signed by this API, so never: a seq is all it issues
             raise field_error("cursor", "not a cursor this API issued", code="invalid_cursor")
         query = query.where(events.c.seq < int(before))
     rows = (await conn.execute(query.order_by(events.c.seq.desc()).limit(limit + 1))).all()
-    page, next_cursor = split_page(rows, limit, lambda row: str(row.seq))
+    page, next_cursor = cursors.page(rows, limit, lambda row: str(row.seq), scope=scope)
     return EventList(items=[_decoder.decode(row.body) for row in page], next_cursor=next_cursor)

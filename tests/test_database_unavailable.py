@@ -39,6 +39,7 @@ from tests.conftest import (
     make_server,
 )
 from tests.databases import PostgresCluster, scalar
+from tests.fakes.receiver import Receiver
 
 TIMEOUT = "0.5"
 # What the write paths touch, locked against writes (reads go on) on PostgreSQL.
@@ -312,9 +313,12 @@ def test_postgresql_gone_answers_503_and_pigeon_recovers_when_it_is_back(tmp_pat
             PIGEON_DATABASE_TIMEOUT_SECONDS="1",
         )
         server.start()
+        receiver = Receiver().start()
         try:
             with server.client(DEMO_KEY) as client:
                 requests = write_requests(server, client)
+                hook = {"url": receiver.url, "events": ["sms.message.sent"]}
+                assert client.post("/v1/webhook-endpoints", json=hook).status_code == 201
                 cluster.halt()
                 started = time.monotonic()
                 answers = {name: _send(client, r) for name, r in requests.items()}
@@ -326,11 +330,22 @@ def test_postgresql_gone_answers_503_and_pigeon_recovers_when_it_is_back(tmp_pat
                     assert answer.json()["code"] == "database_unavailable"
                     assert answer.headers["retry-after"] == "5"
                 assert elapsed < 30
+                time.sleep(2)  # the background loops (dispatch, deliveries, stream) fail too
                 cluster.resume()
                 again = {name: _send(client, r).status_code for name, r in requests.items()}
                 assert all(code < 300 for code in again.values()), again
+                # The delivery loop is back too: a message sent now is posted to the endpoint.
+                sent = _send(client, requests["send (fast path)"]).json()
+                message_id = sent["messages"][0]["messageId"]
+                deadline = time.monotonic() + 30
+                while message_id not in {
+                    r.event["data"].get("messageId") for r in receiver.received
+                }:
+                    assert time.monotonic() < deadline, "no delivery after the database came back"
+                    time.sleep(0.1)
         finally:
             server.stop()
+            receiver.stop()
     finally:
         cluster.stop()
     log = server.log_path.read_text()

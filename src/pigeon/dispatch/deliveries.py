@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pigeon.clock import utcnow
 from pigeon.config import Settings
 from pigeon.db.bulk import insert_rows
+from pigeon.db.errors import unavailable, unavailable_reason
 from pigeon.db.tables import events, webhook_attempts, webhook_deliveries, webhook_endpoints
 from pigeon.events.endpoints import ROTATION_OVERLAP
 from pigeon.events.signing import signed_headers
@@ -139,8 +140,9 @@ class DeliveryWorker:
             busy = False
             try:
                 busy = await self.run_once()
-            except Exception:
-                log.exception("delivery round failed", worker=self.worker_id)
+            except Exception as exc:
+                if unavailable(exc) is None:  # a sick database is logged once an incident
+                    log.exception("delivery round failed", worker=self.worker_id)
             if not busy:
                 self.wake.clear()
                 await _first_of(stop, self.wake, within=self.settings.worker_poll_interval)
@@ -322,6 +324,24 @@ class DeliveryWorker:
                     "updated_at": now,
                 }
             )
+        try:
+            await self._write_results(now, states, attempts, ok=ok, failing=failing, gone=gone)
+        except Exception as exc:
+            if unavailable_reason(exc) is not None:
+                self._results[:0] = results  # recorded once the database is back
+            raise
+        return len(results)
+
+    async def _write_results(
+        self,
+        now: datetime,
+        states: list[dict[str, Any]],
+        attempts: list[dict[str, Any]],
+        *,
+        ok: set[str],
+        failing: set[str],
+        gone: set[str],
+    ) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(d)
@@ -342,7 +362,6 @@ class DeliveryWorker:
             )
             await conn.run_sync(insert_rows, webhook_attempts, attempts)
             await self._endpoint_health(conn, now, ok=ok, failing=failing - ok, gone=gone)
-        return len(results)
 
     async def _endpoint_health(
         self, conn: Any, now: datetime, *, ok: set[str], failing: set[str], gone: set[str]

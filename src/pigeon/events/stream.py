@@ -29,6 +29,7 @@ import structlog
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from pigeon.db.errors import unavailable
 from pigeon.db.tables import events
 from pigeon.events.service import NOTIFY_CHANNEL
 
@@ -94,8 +95,9 @@ class StreamHub:
                     if self._last is None:
                         await self._start()  # again after a failure (the database was away)
                     full = await self.fan_out()
-                except Exception:
-                    log.exception("stream fan-out failed")
+                except Exception as exc:
+                    if unavailable(exc) is None:  # a sick database is logged once an incident
+                        log.exception("stream fan-out failed")
                 if not full:
                     self.wake.clear()
                     waiters = [

@@ -108,6 +108,11 @@ def check_url_shape(url: str, *, allow_private: bool, field: str = "baseUrl") ->
     return text.rstrip("/")
 
 
+def check_request_url(parsed: httpx.URL, *, allow_private: bool, field: str = "baseUrl") -> None:
+    """The shape check of a URL about to be requested (a query is allowed): UrlNotAllowed."""
+    _check_parsed(parsed, allow_private=allow_private, field=field)
+
+
 def _check_parsed(parsed: httpx.URL, *, allow_private: bool, field: str) -> None:
     allowed = ("https", "http") if allow_private else ("https",)
     if parsed.scheme not in allowed:

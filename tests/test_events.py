@@ -130,6 +130,57 @@ def test_endpoint_is_created_with_a_secret_shown_once(api: httpx.Client) -> None
     assert "secret" not in listed["items"][0]
 
 
+def test_a_retried_create_returns_the_same_endpoint_and_secret(
+    events_server: Server, api: httpx.Client
+) -> None:
+    body = {"url": "https://hooks.example.com/retried", "description": "retried"}
+    headers = {"idempotency-key": "create-endpoint-1"}
+    first = api.post("/v1/webhook-endpoints", json=body, headers=headers)
+    again = api.post("/v1/webhook-endpoints", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201, again.text
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["cache-control"] == "no-store"
+    assert again.json() == first.json()
+    assert again.json()["secret"].startswith("whsec_")
+    listed = api.get("/v1/webhook-endpoints").json()["items"]
+    assert [e["id"] for e in listed if e["url"] == body["url"]] == [first.json()["id"]]
+    # The replay is kept with the secret encrypted, like the endpoint's own.
+    stored = scalar(
+        events_server.env["PIGEON_DATABASE_URL"],
+        "SELECT response_body FROM idempotency_keys WHERE key = 'create-endpoint-1'",
+    )
+    assert first.json()["id"] in stored
+    assert first.json()["secret"] not in stored
+    # The same key with another body creates nothing: 422, as on the send routes.
+    other = api.post(
+        "/v1/webhook-endpoints", json={**body, "description": "other"}, headers=headers
+    )
+    assert other.status_code == 422, other.text
+    assert other.json()["code"] == "idempotency_key_reused"
+    listed = api.get("/v1/webhook-endpoints").json()["items"]
+    assert len([e for e in listed if e["url"] == body["url"]]) == 1
+
+
+def test_a_retried_rotation_rotates_once(api: httpx.Client, receiver: Receiver) -> None:
+    endpoint = create_endpoint(api, receiver.url, events=["sms.message.failed"])
+    path = f"/v1/webhook-endpoints/{endpoint['id']}/secret"
+    first = api.post(path, headers={"idempotency-key": "rotate-1"})
+    again = api.post(path, headers={"idempotency-key": "rotate-1"})
+    assert first.status_code == again.status_code == 200, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["secret"] == first.json()["secret"] != endpoint["secret"]
+    # Rotated once: the original secret and the first rotation's sign, nothing else.
+    send_sms(api, "385981230005")
+    [request] = receiver.wait_for(lambda rs: len(rs) >= 1)
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    verified(endpoint["secret"], request)
+    verified(first.json()["secret"], request)
+    third = api.post(path, headers={"idempotency-key": "rotate-2"})
+    assert third.status_code == 200
+    assert third.json()["secret"] not in (first.json()["secret"], endpoint["secret"])
+
+
 def test_endpoints_page_patch_and_delete(api: httpx.Client) -> None:
     ids = [create_endpoint(api, f"https://h{i}.example.com/")["id"] for i in range(3)]
     first = api.get("/v1/webhook-endpoints", params={"limit": 2}).json()

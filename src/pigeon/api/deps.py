@@ -18,7 +18,7 @@ from pigeon.config import Settings
 from pigeon.db.writer import Writer
 from pigeon.dispatch.worker import Worker
 from pigeon.events.stream import StreamHub
-from pigeon.idempotency.store import IdempotencyStore, check_key
+from pigeon.idempotency.store import IdempotencyStore, StoredResponse, check_key
 from pigeon.messages.accept import AcceptPipeline
 from pigeon.nul import nul_error
 from pigeon.pagination import Cursors
@@ -100,14 +100,11 @@ def account_of(request: Request[Any, Any, Any]) -> str:
     return request.scope[ACCOUNT]  # type: ignore[literal-required,no-any-return]
 
 
-async def guarded_write(
-    request: Request[Any, Any, Any],
-    account_id: str,
-    action: Any,
-    *,
-    status_code: int = 200,
-) -> Response[bytes]:
-    """Run a POST/PATCH's work in one transaction, honouring its `idempotency-key`."""
+async def guarded_run(
+    request: Request[Any, Any, Any], account_id: str, action: Any, *, status_code: int = 200
+) -> StoredResponse:
+    """Run a POST/PATCH's work in one transaction, honouring its `idempotency-key`: the
+    answer as stored (a replay's, or the new one's)."""
     svc = services(request)
     key = request.headers.get("idempotency-key")
     scope = (
@@ -117,12 +114,27 @@ async def guarded_write(
     result = await svc.idempotency.run(
         scope=scope, body=body, action=action, status_code=status_code
     )
-    headers = {"idempotent-replayed": "true"} if result.replayed else None
     if not result.replayed and svc.worker is not None:
         svc.worker.wake.set()
+    return result
+
+
+def replay_headers(result: StoredResponse) -> dict[str, str] | None:
+    return {"idempotent-replayed": "true"} if result.replayed else None
+
+
+async def guarded_write(
+    request: Request[Any, Any, Any],
+    account_id: str,
+    action: Any,
+    *,
+    status_code: int = 200,
+) -> Response[bytes]:
+    """Run a POST/PATCH's work in one transaction, honouring its `idempotency-key`."""
+    result = await guarded_run(request, account_id, action, status_code=status_code)
     return Response(
         content=result.body,
         status_code=result.status_code,
         media_type="application/json",
-        headers=headers,
+        headers=replay_headers(result),
     )

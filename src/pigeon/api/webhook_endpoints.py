@@ -10,7 +10,15 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pigeon.api.deps import AccountId, guarded_write, require_api_key, services
+from pigeon.api.deps import (
+    AccountId,
+    guarded_run,
+    guarded_write,
+    replay_headers,
+    require_api_key,
+    services,
+)
+from pigeon.config import Settings
 from pigeon.events import endpoints as service
 from pigeon.events.schemas import (
     DeliveryAttemptList,
@@ -22,20 +30,30 @@ from pigeon.events.schemas import (
     RecoverAnswer,
     RecoverRequest,
 )
+from pigeon.extensions.crypto import decrypt_secret, encrypt_secret
+from pigeon.idempotency.store import StoredResponse
 from pigeon.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="page size")]
 Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page")]
 
 
-def _secret_answer(endpoint: EndpointWithSecret, status_code: int) -> Response[bytes]:
-    """An answer holding a secret: never stored as an idempotent replay (it would be kept in
-    clear), never cached."""
+def _sealed(endpoint: EndpointWithSecret, settings: Settings) -> EndpointWithSecret:
+    """The answer as an idempotent replay keeps it: its secret encrypted, like the stored one."""
+    endpoint.secret = encrypt_secret(endpoint.secret, settings)
+    return endpoint
+
+
+def _secret_answer(result: StoredResponse, settings: Settings) -> Response[bytes]:
+    """An answer holding a secret, from its sealed record (a replay's or the first): the
+    secret decrypted for this answer only, never cached."""
+    endpoint = msgspec.json.decode(result.body, type=EndpointWithSecret)
+    endpoint.secret = decrypt_secret(endpoint.secret, settings)
     return Response(
         content=msgspec.json.encode(endpoint),
-        status_code=status_code,
+        status_code=result.status_code,
         media_type="application/json",
-        headers={"cache-control": "no-store"},
+        headers={"cache-control": "no-store", **(replay_headers(result) or {})},
     )
 
 
@@ -48,11 +66,16 @@ def _secret_answer(endpoint: EndpointWithSecret, status_code: int) -> Response[b
 async def create_endpoint(
     request: Request[Any, Any, Any], account_id: AccountId, data: EndpointCreate
 ) -> Response[bytes]:
-    async with services(request).engine.begin() as conn:
+    settings = services(request).settings
+
+    async def action(conn: AsyncConnection) -> EndpointWithSecret:
         created = await service.create_endpoint(
-            conn=conn, account_id=account_id, body=data, settings=services(request).settings
+            conn=conn, account_id=account_id, body=data, settings=settings
         )
-    return _secret_answer(created, 201)
+        return _sealed(created, settings)
+
+    result = await guarded_run(request, account_id, action, status_code=201)
+    return _secret_answer(result, settings)
 
 
 @get("/", summary="List webhook endpoints")
@@ -112,14 +135,16 @@ async def delete_endpoint(
 async def rotate_secret(
     request: Request[Any, Any, Any], account_id: AccountId, endpoint_id: str
 ) -> Response[bytes]:
-    async with services(request).engine.begin() as conn:
+    settings = services(request).settings
+
+    async def action(conn: AsyncConnection) -> EndpointWithSecret:
         rotated = await service.rotate_secret(
-            conn=conn,
-            account_id=account_id,
-            endpoint_id=endpoint_id,
-            settings=services(request).settings,
+            conn=conn, account_id=account_id, endpoint_id=endpoint_id, settings=settings
         )
-    return _secret_answer(rotated, 200)
+        return _sealed(rotated, settings)
+
+    result = await guarded_run(request, account_id, action)
+    return _secret_answer(result, settings)
 
 
 @get("/{endpoint_id:str}/deliveries", summary="Delivery attempts, newest first")

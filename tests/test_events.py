@@ -319,6 +319,34 @@ def test_whatsapp_and_email_events_and_inbound(
     assert of_message(requests, failed_email) == ["email.message.failed"]
 
 
+def test_a_repeated_inbound_webhook_tells_the_tenant_once(
+    events_server: Server, api: httpx.Client
+) -> None:
+    # Infobip posts an inbound message again when its webhook saw no 2xx in time.
+    user = make_user(api)
+    phone = user["channel"]["whatsapp"]
+    lines = dict(line.split(": ", 1) for line in events_server.cli("webhooks").splitlines())
+    inbound = lines["inbound"].replace(events_server.base_url, "")
+
+    def result(message_id: str) -> dict[str, Any]:
+        return {
+            "from": phone,
+            "to": PLATFORM_NUMBER,
+            "integrationType": "WHATSAPP",
+            "messageId": message_id,
+            "message": {"type": "TEXT", "text": "hello"},
+        }
+
+    first, second = f"wamid-{phone}-1", f"wamid-{phone}-2"
+    posts = [[result(first)], [result(first)], [result(first), result(second), result(second)]]
+    answers = [api.post(inbound, json={"results": results}) for results in posts]
+    assert [a.status_code for a in answers] == [200, 200, 200], answers[-1].text
+    assert [a.json()["applied"] for a in answers] == [1, 0, 1]
+    listed = api.get("/v1/events", params={"type": "whatsapp.message.received", "limit": 100})
+    ids = [e["data"]["messageId"] for e in listed.json()["items"] if e["data"]["from"] == phone]
+    assert sorted(ids) == [first, second]
+
+
 def test_person_events_and_the_tenants_own_number(
     events_server: Server, api: httpx.Client, receiver: Receiver
 ) -> None:

@@ -137,6 +137,16 @@ whatsapp_interactions = Table(
     Column("last_message", JSON),
 )
 
+# Inbound WhatsApp messages already applied, by the provider's message id: Infobip posts a
+# webhook again when it saw no 2xx in time, and a retry must not tell the tenant twice.
+inbound_messages = Table(
+    "inbound_messages",
+    metadata,
+    Column("owner", String(24), primary_key=True),  # as in whatsapp_interactions
+    Column("provider_message_id", String(100), primary_key=True),
+    Column("received_at", UTCDateTime(), nullable=False, index=True),  # when Pigeon got it
+)
+
 messages = Table(
     "messages",
     metadata,

@@ -42,7 +42,13 @@ from pigeon.clock import utcnow
 from pigeon.config import Settings
 from pigeon.db.bulk import insert_rows
 from pigeon.db.errors import unavailable, unavailable_reason
-from pigeon.db.tables import events, webhook_attempts, webhook_deliveries, webhook_endpoints
+from pigeon.db.tables import (
+    events,
+    inbound_messages,
+    webhook_attempts,
+    webhook_deliveries,
+    webhook_endpoints,
+)
 from pigeon.dispatch.webhook_http import AttemptError, WebhookClient
 from pigeon.events.endpoints import ROTATION_OVERLAP
 from pigeon.events.signing import signed_headers
@@ -538,16 +544,25 @@ class DeliveryWorker:
             log.warning("endpoints disabled: 410 Gone", endpoints=sorted(gone))
 
     async def housekeeping(self) -> None:
-        """Drop events past PIGEON_EVENT_RETENTION_SECONDS with their deliveries and attempts."""
+        """Drop events past PIGEON_EVENT_RETENTION_SECONDS with their deliveries and attempts,
+        and the inbound message ids kept as long."""
         cutoff = utcnow() - timedelta(seconds=self.settings.event_retention_seconds)
         async with self.reader.connect() as conn:
-            old = select(events.c.id).where(events.c.created_at < cutoff).limit(1)
-            if (await conn.execute(old)).first() is None:
+            old_event = select(events.c.id).where(events.c.created_at < cutoff).limit(1)
+            old_inbound = select(inbound_messages.c.owner).where(
+                inbound_messages.c.received_at < cutoff
+            )
+            if (await conn.execute(old_event)).first() is None and (
+                await conn.execute(old_inbound.limit(1))
+            ).first() is None:
                 return
         async with self.engine.begin() as conn:
             await conn.execute(delete(webhook_attempts).where(webhook_attempts.c.at < cutoff))
             await conn.execute(delete(d).where(d.c.created_at < cutoff))
             await conn.execute(delete(events).where(events.c.created_at < cutoff))
+            await conn.execute(
+                delete(inbound_messages).where(inbound_messages.c.received_at < cutoff)
+            )
 
     async def aclose(self) -> None:
         """Close the kept-alive connections."""

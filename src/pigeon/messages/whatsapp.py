@@ -11,10 +11,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pigeon.db.tables import whatsapp_interactions
+from pigeon.db.tables import inbound_messages, whatsapp_interactions
 
 PLATFORM = "platform"
 INBOUND_CHUNK = 200  # interactions upserted per statement
+MAX_MESSAGE_ID = 100  # inbound_messages.provider_message_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +77,27 @@ async def record_inbound_many(
                 where=newer,
             )
         )
+
+
+async def first_seen(
+    *, conn: AsyncConnection, owner: str, message_ids: Sequence[str], at: datetime
+) -> set[str]:
+    """The ids among these never applied for `owner`, marked applied in the caller's
+    transaction. On PostgreSQL a concurrent transaction marking the same id waits for this
+    one, then finds it marked: a webhook retried into two API processes is applied once."""
+    ids = sorted({i for i in message_ids if len(i) <= MAX_MESSAGE_ID})
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    new: set[str] = set()
+    for start in range(0, len(ids), 500):
+        rows = [
+            {"owner": owner, "provider_message_id": message_id, "received_at": at}
+            for message_id in ids[start : start + 500]
+        ]
+        statement = (
+            insert(inbound_messages)
+            .values(rows)
+            .on_conflict_do_nothing()
+            .returning(inbound_messages.c.provider_message_id)
+        )
+        new.update((await conn.execute(statement)).scalars())
+    return new | {i for i in message_ids if len(i) > MAX_MESSAGE_ID}

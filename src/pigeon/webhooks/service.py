@@ -113,7 +113,8 @@ async def record_inbound(
     )
     received: list[NewEvent] = []
     interactions: list[whatsapp.Inbound] = []
-    for item, original in zip(payload.results, raw, strict=True):
+    entries = await _not_applied(conn, owner, list(zip(payload.results, raw, strict=True)), now)
+    for item, original in entries:
         received_at = parse_received_at(item.receivedAt)
         interactions.append(
             whatsapp.Inbound(
@@ -128,8 +129,26 @@ async def record_inbound(
             received.append(NewEvent(account_id, WHATSAPP_RECEIVED, item.messageId, data, now))
     await whatsapp.record_inbound_many(conn=conn, owner=owner, interactions=interactions)
     await record_events(conn=conn, new_events=received)
-    log.info("inbound recorded", owner=owner, count=len(payload.results))
-    return WebhookAnswer(received=len(payload.results), applied=len(payload.results))
+    repeated = len(payload.results) - len(entries)
+    log.info("inbound recorded", owner=owner, count=len(entries), repeated=repeated)
+    return WebhookAnswer(received=len(payload.results), applied=len(entries))
+
+
+async def _not_applied(
+    conn: AsyncConnection, owner: str, entries: list[tuple[Any, dict[str, Any]]], now: datetime
+) -> list[tuple[Any, dict[str, Any]]]:
+    """The entries not applied before: Infobip posts a webhook again when it saw no 2xx in
+    time, with the same message ids (an entry without one cannot be told apart: it is kept)."""
+    ids = [item.messageId for item, _ in entries if item.messageId]
+    new = await whatsapp.first_seen(conn=conn, owner=owner, message_ids=ids, at=now)
+    kept = []
+    for item, original in entries:
+        if item.messageId:
+            if item.messageId not in new:
+                continue
+            new.discard(item.messageId)  # and once within this post
+        kept.append((item, original))
+    return kept
 
 
 def _reported_status(report: Any) -> Status:

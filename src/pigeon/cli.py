@@ -327,6 +327,7 @@ def _serve(
 
     from pigeon.app import create_app
     from pigeon.http import HttpProtocol
+    from pigeon.wsprotocol import StreamProtocol
 
     settings = _settings()
     updates: dict[str, Any] = {"worker_enabled": worker}
@@ -348,7 +349,7 @@ def _serve(
         "port": settings.port,
         "loop": "uvloop",
         "http": HttpProtocol,
-        "ws": "websockets-sansio",  # the stream (/v1/stream)
+        "ws": StreamProtocol,  # the stream (/v1/stream): uvicorn's websockets-sansio
         "access_log": False,
         "log_config": None,
         # Pigeon reads neither the client's address nor the request's scheme (its own URLs come

@@ -401,7 +401,7 @@ class DeliveryWorker:
         try:
             body = claim.body
             secrets = self._signing_secrets(endpoint, at)
-            headers = signed_headers(claim.event_id, body.decode(), secrets, at=at)
+            headers = signed_headers(claim.event_id, body, secrets, at=at)
             # The whole attempt, not each read: a receiver that trickles its answer is cut off.
             async with asyncio.timeout(timeout):
                 answer = await self.client.post(endpoint.url, body, headers)

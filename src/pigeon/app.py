@@ -112,7 +112,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             await seed_demo(engine, settings)
         stop = asyncio.Event()
         worker_task = None
-        deliveries = DeliveryWorker(engine, settings, reader=reader) if with_worker else None
+        deliveries = (
+            DeliveryWorker(engine, settings, reader=reader, writer=writer) if with_worker else None
+        )
         if with_worker:
             svc.worker = Worker(engine, settings, writer=writer)
             worker_task = asyncio.create_task(svc.worker.run(stop))

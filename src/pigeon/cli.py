@@ -413,7 +413,7 @@ def worker(
         exporter = None
         if metrics_port is not None:
             exporter = await metrics.serve(engine, host="127.0.0.1", port=metrics_port)
-        deliveries = DeliveryWorker(engine, settings)
+        deliveries = DeliveryWorker(engine, settings, writer=writer)
         try:
             await asyncio.gather(*(w.run(stop) for w in loops), deliveries.run(stop))
         finally:

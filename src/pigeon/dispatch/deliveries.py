@@ -15,9 +15,11 @@ claim and one recording transaction for each, not a round trip per event; a slow
 one holds a handful of deliveries and its own slots, never another endpoint's. Attempts are
 recorded in batches (RECORD_BATCH, or every RECORD_EVERY seconds), set-based.
 
-The claims and the recording are plain functions of a `Connection`, each one transaction;
-reads (event bodies, endpoints, whether anything is due) go through the reader, so an idle
-worker takes no write lock.
+The claims and the recording are plain functions of a `Connection`, each one transaction of
+the process's writer (`db.writer`: on SQLite its one thread, beside the accept path's and the
+dispatch worker's writes, none holding the lock across a turn of the loop); reads (event
+bodies, endpoints, whether anything is due) go through the reader, so an idle worker takes
+no write lock.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from pigeon.db.tables import (
     webhook_deliveries,
     webhook_endpoints,
 )
+from pigeon.db.writer import EngineWriter, Writer
 from pigeon.dispatch.webhook_http import AttemptError, WebhookClient
 from pigeon.events.endpoints import ROTATION_OVERLAP
 from pigeon.events.signing import signed_headers
@@ -159,10 +162,17 @@ class DeliveryWorker:
     """Claims due deliveries, posts them signed, and records each attempt."""
 
     def __init__(
-        self, engine: AsyncEngine, settings: Settings, *, reader: AsyncEngine | None = None
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        *,
+        reader: AsyncEngine | None = None,
+        writer: Writer | None = None,
     ) -> None:
         self.engine = engine
         self.reader = reader or engine
+        # The process's writes (`db.writer`): on SQLite one thread with group commit.
+        self.writer = writer or EngineWriter(engine)
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_token(4)}"
         self.per_endpoint = settings.webhook_endpoint_concurrency
@@ -236,8 +246,7 @@ class DeliveryWorker:
             return 0
         now = utcnow()
         wanted = {k: v for k, v in caps.items() if v > 0}
-        async with self.engine.begin() as conn:
-            rows = await conn.run_sync(self._claim, now, wanted, full)
+        rows = await self.writer.transaction(self._claim, now, wanted, full)
         got = Counter(row[2] for row in rows)
         for endpoint_id, room in wanted.items():
             if got[endpoint_id] >= room:  # it may ask again when half of this is gone
@@ -429,8 +438,7 @@ class DeliveryWorker:
         if not results and not released:
             return 0
         try:
-            async with self.engine.begin() as conn:
-                await conn.run_sync(self._record, results, released, utcnow())
+            await self.writer.transaction(self._record, results, released, utcnow())
         except Exception as exc:
             if unavailable_reason(exc) is not None:  # recorded once the database is back
                 self._results[:0] = results
@@ -556,17 +564,18 @@ class DeliveryWorker:
                 await conn.execute(old_inbound.limit(1))
             ).first() is None:
                 return
-        async with self.engine.begin() as conn:
-            await conn.execute(delete(webhook_attempts).where(webhook_attempts.c.at < cutoff))
-            await conn.execute(delete(d).where(d.c.created_at < cutoff))
-            await conn.execute(delete(events).where(events.c.created_at < cutoff))
-            await conn.execute(
-                delete(inbound_messages).where(inbound_messages.c.received_at < cutoff)
-            )
+        await self.writer.transaction(_forget_before, cutoff)
 
     async def aclose(self) -> None:
         """Close the kept-alive connections."""
         await self.client.aclose()
+
+
+def _forget_before(conn: Connection, cutoff: datetime) -> None:
+    conn.execute(delete(webhook_attempts).where(webhook_attempts.c.at < cutoff))
+    conn.execute(delete(d).where(d.c.created_at < cutoff))
+    conn.execute(delete(events).where(events.c.created_at < cutoff))
+    conn.execute(delete(inbound_messages).where(inbound_messages.c.received_at < cutoff))
 
 
 def _chunks(ids: list[int], size: int = 500) -> list[list[int]]:

@@ -10,6 +10,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from pigeon.api import openapi as doc
 from pigeon.api.deps import (
     AccountId,
     guarded_run,
@@ -129,7 +130,8 @@ async def delete_endpoint(
 @post(
     "/{endpoint_id:str}/secret",
     status_code=200,
-    responses={200: ResponseSpec(EndpointWithSecret)},
+    # No body, but the idempotency-key's answers: 422 for a bad one, 409 while in flight.
+    responses={200: ResponseSpec(EndpointWithSecret), **doc.problems(*doc.IDEMPOTENCY)},
     summary="Rotate the secret (the previous one signs too for 24 hours)",
 )
 async def rotate_secret(

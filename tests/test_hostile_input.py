@@ -111,6 +111,10 @@ def test_invalid_utf8_is_malformed_json_on_every_route(
                 assert answer.status_code == 400, (method, path, name, answer.text)
                 assert answer.json()["code"] == "malformed_json"
                 assert answer.headers["content-type"] == "application/problem+json"
+                # The offset is the body's own (msgspec counts from the string it read).
+                where = body.index(raw)
+                detail = f"the request body is not valid UTF-8 (byte {where})"
+                assert answer.json()["detail"] == detail, (method, path, name)
                 # Holding a NUL too (the NUL check decodes such a body first): still a 400.
                 with_nul = body.replace(b'"a', b'"\\u0000a')
                 answer = client.request(method, path, content=with_nul, headers=JSON)

@@ -24,10 +24,19 @@ MAX_BODY_BYTES = 10_000_000  # a larger body is answered 413 payload_too_large
 MAX_DEPTH = 32  # free-form JSON (`data`, a provider's payload) nests at most this deep
 
 
-def malformed_detail(exc: BaseException) -> str:
-    """What is wrong with a body msgspec could not decode, for the 400's detail."""
+def malformed_detail(exc: BaseException, body: bytes = b"") -> str:
+    """What is wrong with a body msgspec could not decode, for the 400's detail.
+
+    msgspec's UnicodeDecodeError counts from the start of the string it was reading, not of
+    the body: the offset named is the body's own first invalid byte.
+    """
     if isinstance(exc, UnicodeDecodeError):
-        return f"the request body is not valid UTF-8 (byte {exc.start})"
+        start = exc.start
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as whole:
+            start = whole.start
+        return f"the request body is not valid UTF-8 (byte {start})"
     if isinstance(exc, RecursionError):
         return "the request body is not valid JSON: nested too deeply"
     return f"the request body is not valid JSON: {exc}"
@@ -41,7 +50,7 @@ def decode(body: bytes, type_: type[T]) -> T:
     except msgspec.ValidationError:
         raise
     except UNDECODABLE as exc:
-        raise BadRequest(malformed_detail(exc), code="malformed_json") from None
+        raise BadRequest(malformed_detail(exc, body), code="malformed_json") from None
 
 
 def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:

@@ -46,13 +46,14 @@ class PigeonRequest(Request[Any, Any, Any]):
     characters (422, see pigeon.nul)."""
 
     async def json(self) -> Any:
-        error = nul_error(await self.body())
+        body = await self.body()
+        error = nul_error(body)
         if error is not None:
             raise error
         try:
             return await super().json()
         except (UnicodeDecodeError, RecursionError) as exc:
-            raise SerializationException(malformed_detail(exc)) from exc
+            raise SerializationException(malformed_detail(exc, body)) from exc
 
 
 def services(request: Request[Any, Any, Any]) -> Services:

@@ -56,6 +56,17 @@ def send_many(server: Server, api_key: str, count: int) -> list[str]:
     return ids
 
 
+def held_by(api: Server, pid: int) -> int:
+    """The deliveries leased to the worker process `pid` and not recorded."""
+    return int(
+        scalar(
+            api.env["PIGEON_DATABASE_URL"],
+            "SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'"
+            f" AND lease_owner LIKE '%:{pid}:%'",
+        )
+    )
+
+
 def test_a_worker_killed_during_a_burst_of_deliveries_loses_none(
     tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -83,16 +94,17 @@ def test_a_worker_killed_during_a_burst_of_deliveries_loses_none(
         try:
             send = sender.run_in_executor(None, send_many, api, tenant.api_key, MESSAGES)
             receiver.wait_for(lambda rs: len(rs) >= 40, timeout=60)
+            # Killed while it holds deliveries (the other worker may have claimed them all
+            # until now): a kill of an idle worker would prove nothing.
+            deadline = time.monotonic() + 30
+            while held_by(api, workers[0].pid) == 0:
+                assert time.monotonic() < deadline, "the first worker never held a delivery"
+                time.sleep(0.02)
             workers[0].send_signal(signal.SIGKILL)
             workers[0].wait(timeout=10)
             # What the killed worker held: leased to it, not recorded. Only these may come twice.
-            held = int(
-                scalar(
-                    api.env["PIGEON_DATABASE_URL"],
-                    "SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'"
-                    f" AND lease_owner LIKE '%:{workers[0].pid}:%'",
-                )
-            )
+            held = held_by(api, workers[0].pid)
+            assert held > 0, "the kill caught no delivery in flight"
             sender.run_until_complete(send)
         finally:
             sender.close()

@@ -9,7 +9,6 @@ from typing import Any
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
-from litestar.exceptions import SerializationException
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon.accounts.service import KeyAuthenticator
@@ -17,6 +16,7 @@ from pigeon.api.body import malformed_detail
 from pigeon.config import Settings
 from pigeon.db.writer import Writer
 from pigeon.dispatch.worker import Worker
+from pigeon.errors import BadRequest
 from pigeon.events.stream import StreamHub
 from pigeon.idempotency.store import IdempotencyStore, StoredResponse, check_key
 from pigeon.messages.accept import AcceptPipeline
@@ -53,7 +53,7 @@ class PigeonRequest(Request[Any, Any, Any]):
         try:
             return await super().json()
         except (UnicodeDecodeError, RecursionError) as exc:
-            raise SerializationException(malformed_detail(exc, body)) from exc
+            raise BadRequest(malformed_detail(exc, body), code="malformed_json") from exc
 
 
 def services(request: Request[Any, Any, Any]) -> Services:

@@ -119,11 +119,12 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
             422, "validation_error", summary + _hint(path, errors), instance=path, errors=errors
         )
     if isinstance(exc.__cause__, SerializationException):
-        # api.body's details are whole sentences; msgspec's own need the subject.
-        detail = str(exc.detail)
-        if not detail.startswith("the request body"):
-            detail = f"the request body is not valid JSON: {detail}"
-        return problem(400, "malformed_json", detail, instance=path)
+        return problem(
+            400,
+            "malformed_json",
+            f"the request body is not valid JSON: {exc.detail}",
+            instance=path,
+        )
     code = {
         404: "not_found",
         405: "method_not_allowed",

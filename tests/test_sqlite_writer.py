@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, text
 
+from pigeon.db.errors import unavailable_reason
 from pigeon.db.writer import SqliteWriter
 
 
@@ -68,5 +73,59 @@ def test_a_closed_writer_refuses_new_jobs(tmp_path: Path) -> None:
         await writer.close()
         with pytest.raises(RuntimeError):
             await writer.transaction(_values)
+
+    asyncio.run(run())
+
+
+def test_writers_of_one_file_take_turns_on_its_lock_file_and_give_up_past_their_timeout(
+    tmp_path: Path,
+) -> None:
+    """Each transaction holds `<database>-writer.lock` (as `pigeon serve`'s API and its worker
+    process do); a writer that cannot have its turn within its busy timeout fails as SQLite
+    would (SQLITE_BUSY: 503 `database_unavailable` to a request), then writes again once the
+    other process's turn is over."""
+    database = tmp_path / "w.db"
+
+    async def run() -> None:
+        writer = SqliteWriter(f"sqlite:///{database}", busy_timeout_ms=300)
+        try:
+            await writer.transaction(_create)
+            lock = os.open(f"{database}-writer.lock", os.O_RDWR)
+            try:
+                held = threading.Event()
+                release = threading.Event()
+
+                def hold(conn: Connection) -> None:
+                    _insert(conn, 1)
+                    held.set()
+                    release.wait(10)
+
+                # While a job runs, its turn is held: another process could not take it.
+                job = asyncio.ensure_future(writer.transaction(hold))
+                assert await asyncio.to_thread(held.wait, 10)
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                release.set()
+                await job
+                # Another process's turn (only the lock file: SQLite's own lock is free).
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                started = time.monotonic()
+                with pytest.raises(sqlite3.OperationalError) as refused:
+                    await writer.transaction(_insert, 2)
+                assert time.monotonic() - started >= 0.29
+                assert unavailable_reason(refused.value) == (
+                    "the database is locked by another connection"
+                )
+                # Its turn ends while a job waits: the job runs, at once.
+                waiting = asyncio.ensure_future(writer.transaction(_insert, 3))
+                await asyncio.sleep(0.1)
+                assert not waiting.done()
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                assert await asyncio.wait_for(waiting, 5) == 3
+            finally:
+                os.close(lock)
+            assert await writer.transaction(_values) == [1, 3]
+        finally:
+            await writer.close()
 
     asyncio.run(run())

@@ -9,6 +9,12 @@ each job, a whole transaction written as a plain function of a `Connection`, in 
 BEGIN IMMEDIATE to COMMIT; the accept path's batches go through the same thread in turn. The
 process's own writes never wait for each other's lock, and none holds it across a loop turn.
 
+Between processes (`pigeon serve`'s API and its worker, or a `pigeon worker` beside it) the
+writers take turns on a lock file first (`ProcessTurns`, `<database>-writer.lock`): SQLite's
+own busy handler sleeps 1, 2, 5, 10, 15, 20 ms... between tries, so a writer that found the
+file locked for a millisecond slept ten, and the accepts it carried waited behind it; the
+lock file hands over within a fraction of a millisecond.
+
 On PostgreSQL (row locks, many connections) the same functions run on the async engine
 (`EngineWriter`): one transaction each, statements awaited as before.
 """
@@ -16,15 +22,18 @@ On PostgreSQL (row locks, many connections) the same functions run on the async 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -34,6 +43,10 @@ P = ParamSpec("P")
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000  # how long a job waits for another process's write lock
 MAX_GROUP = 32  # jobs written in one commit at most
+# How long a writer waiting for its turn sleeps between tries (seconds): short at first, as
+# turns last milliseconds, never more than TURN_POLL_MAX.
+TURN_POLL_FIRST = 0.0001
+TURN_POLL_MAX = 0.001
 
 
 class Writer(Protocol):
@@ -63,6 +76,60 @@ class EngineWriter:
         """Nothing held: the engine belongs to the caller."""
 
 
+class ProcessTurns:
+    """Turns on a SQLite file's writes between the processes that write it through a writer.
+
+    An exclusive `flock` on `<database>-writer.lock`, held from BEGIN to COMMIT. A writer
+    waiting for it tries again after 0.1 ms, then 0.2, 0.4 ... up to 1 ms, until its busy
+    timeout has passed; then it fails the way SQLite would (SQLITE_BUSY: 503 to a request).
+    Writers outside Pigeon's (the sqlite3 shell, a migration) do not take turns: SQLite's own
+    lock still orders them. Where the lock file cannot be created (a read-only directory),
+    the writers of the file do without it.
+    """
+
+    def __init__(self, database: str, *, timeout_ms: int) -> None:
+        self._timeout = timeout_ms / 1000
+        try:
+            self._fd: int | None = os.open(
+                f"{database}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        except OSError:
+            self._fd = None
+
+    def take(self) -> None:
+        """Wait for this process's turn (raises sqlite3.OperationalError past the timeout)."""
+        if self._fd is None:
+            return
+        deadline = time.monotonic() + self._timeout
+        pause = TURN_POLL_FIRST
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    busy = sqlite3.OperationalError("database is locked")
+                    busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
+                    raise busy from None
+                time.sleep(pause)
+                pause = min(pause * 2, TURN_POLL_MAX)
+
+    def give(self) -> None:
+        """End this process's turn."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _database_file(url: str) -> str | None:
+    database = make_url(url).database
+    return None if not database or database == ":memory:" else database
+
+
 @dataclass(slots=True)
 class _Job:
     work: Callable[..., Any]
@@ -83,6 +150,8 @@ class SqliteWriter:
 
     def __init__(self, url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self._engine = create_sync_engine(url, busy_timeout_ms=busy_timeout_ms)
+        database = _database_file(url)
+        self._turns = ProcessTurns(database, timeout_ms=busy_timeout_ms) if database else None
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="pigeon-sqlite-writer")
         self._thread.daemon = True
@@ -113,6 +182,8 @@ class SqliteWriter:
             self._jobs.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._engine.dispose()
+        if self._turns is not None:
+            self._turns.close()
 
     def _put(self, job: _Job) -> Future[Any]:
         if self._closed:
@@ -143,13 +214,19 @@ class SqliteWriter:
     def _run_group(self, group: list[_Job]) -> None:
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         try:
-            conn = self._connection()
-            if len(group) == 1:
-                outcomes.append(self._alone(conn, group[0]))
-            else:
-                with conn.begin():
-                    outcomes = [self._in_savepoint(conn, job) for job in group]
-        except BaseException as exc:  # the connection, BEGIN or COMMIT failed: all of them
+            if self._turns is not None:
+                self._turns.take()
+            try:
+                conn = self._connection()
+                if len(group) == 1:
+                    outcomes.append(self._alone(conn, group[0]))
+                else:
+                    with conn.begin():
+                        outcomes = [self._in_savepoint(conn, job) for job in group]
+            finally:
+                if self._turns is not None:
+                    self._turns.give()
+        except BaseException as exc:  # the turn, connection, BEGIN or COMMIT failed: all
             if _broken(exc):
                 self._close(broken=True)  # the next job starts on a new connection
             outcomes = [(job, None, exc) for job in group]

@@ -160,8 +160,11 @@ class Worker:
 
     async def _send_group(self, owner: str, group: list[Outbound]) -> None:
         channel = group[0].channel
-        async with self.engine.begin() as conn:  # may create the platform webhook token
+        # Only a first use writes (it may create the platform's webhook token): the connection
+        # begins its transaction, and takes SQLite's write lock, at its first statement.
+        async with self.engine.connect() as conn:
             route = await self.registry.route_for(conn=conn, owner=owner, channel=channel)
+            await conn.commit()
         if route is None:
             outcomes = [
                 SendOutcome(m.message_id, status.REJECTED, error=NO_ACCOUNT_ERROR) for m in group

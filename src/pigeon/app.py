@@ -39,6 +39,7 @@ from pigeon.console import routes as console
 from pigeon.db.engine import create_engine, is_sqlite
 from pigeon.db.writer import SqliteWriter, Writer, writer_for
 from pigeon.dispatch.deliveries import DeliveryWorker
+from pigeon.dispatch.process import WorkerProcess
 from pigeon.dispatch.worker import Worker
 from pigeon.events.stream import StreamHub
 from pigeon.idempotency.store import IdempotencyStore
@@ -55,11 +56,6 @@ log = structlog.get_logger("pigeon.app")
 async def openapi_json(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     schema = request.app.openapi_schema.to_schema()
     return Response(schema, media_type="application/vnd.oai.openapi+json")
-
-
-def _wake(worker: Worker | None) -> None:
-    if worker is not None:
-        worker.wake.set()
 
 
 def accept_writer(engine: AsyncEngine, settings: Settings, writer: Writer) -> AcceptWriter:
@@ -97,7 +93,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
                 engine, reader=reader, ttl_seconds=settings.idempotency_ttl_seconds
             ),
             accept=AcceptPipeline(
-                accept_writer(engine, settings, writer), on_commit=lambda: _wake(svc.worker)
+                accept_writer(engine, settings, writer), on_commit=lambda: svc.wake_worker()
             ),
             stream=StreamHub(reader),
             writer=writer,
@@ -112,10 +108,16 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             await seed_demo(engine, settings)
         stop = asyncio.Event()
         worker_task = None
+        # The worker (dispatch and webhook deliveries) in a child process by default, where it
+        # does not take turns with the accepts for this process's one thread.
+        in_process = with_worker and not settings.worker_process
         deliveries = (
-            DeliveryWorker(engine, settings, reader=reader, writer=writer) if with_worker else None
+            DeliveryWorker(engine, settings, reader=reader, writer=writer) if in_process else None
         )
-        if with_worker:
+        if with_worker and not in_process:
+            svc.worker_process = WorkerProcess(settings)
+            await svc.worker_process.start()
+        elif in_process:
             svc.worker = Worker(engine, settings, writer=writer)
             worker_task = asyncio.create_task(svc.worker.run(stop))
         deliveries_task = asyncio.create_task(deliveries.run(stop)) if deliveries else None
@@ -140,6 +142,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             if worker_task is not None and svc.worker is not None:
                 await worker_task
                 await svc.worker.aclose()
+            if svc.worker_process is not None:
+                await svc.worker_process.stop()
             await stream_task
             if deliveries_task is not None and deliveries is not None:
                 await deliveries_task

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -312,8 +311,10 @@ def serve(
     """Run the HTTP API (and, by default, the dispatch worker in the same process)."""
     from pigeon import multiproc
 
-    # Before anything imports prometheus_client: every process then counts into the files.
-    metrics_dir = multiproc.prepare(workers)
+    # Before anything imports prometheus_client: every process then counts into the files
+    # (the API processes, and the worker beside each unless it runs in the API's process).
+    processes = workers * 2 if worker and _settings().worker_process else workers
+    metrics_dir = multiproc.prepare(processes)
     try:
         _serve(host, port, worker=worker, workers=workers, migrate=migrate)
     finally:
@@ -390,41 +391,12 @@ def worker(
     from pigeon import multiproc
 
     multiproc.own_metrics_only()  # before prometheus_client is imported
-    from pigeon import metrics
-    from pigeon.db.writer import writer_for
-    from pigeon.dispatch.deliveries import DeliveryWorker
-    from pigeon.dispatch.registry import ProviderRegistry
-    from pigeon.dispatch.worker import Worker, tune_gc_for_batches
-    from pigeon.serversecret import prepare_secrets
+    from pigeon.dispatch.process import run_worker
+    from pigeon.dispatch.worker import tune_gc_for_batches
 
     settings = _server_settings(_settings())
     tune_gc_for_batches()
-
-    async def run() -> None:
-        engine = create_engine(settings.database_url)
-        await prepare_secrets(engine, settings)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        registry = ProviderRegistry(settings)
-        writer = writer_for(engine, settings.database_url)
-        loops = [Worker(engine, settings, registry, writer=writer) for _ in range(concurrency)]
-        exporter = None
-        if metrics_port is not None:
-            exporter = await metrics.serve(engine, host="127.0.0.1", port=metrics_port)
-        deliveries = DeliveryWorker(engine, settings, writer=writer)
-        try:
-            await asyncio.gather(*(w.run(stop) for w in loops), deliveries.run(stop))
-        finally:
-            if exporter is not None:
-                exporter.close()
-            await deliveries.aclose()
-            await registry.aclose()
-            await writer.close()
-            await engine.dispose()
-
-    asyncio.run(run())
+    asyncio.run(run_worker(settings, concurrency=concurrency, metrics_port=metrics_port))
 
 
 def main() -> None:

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     message_validity_seconds: int = Field(default=48 * 3600, ge=60)
 
     worker_enabled: bool = True
+    # `pigeon serve`'s worker in a process of its own (`dispatch.process`), or in the API's.
+    worker_process: bool = True
     worker_poll_interval: float = Field(default=0.25, gt=0)
     worker_batch_size: int = Field(default=500, ge=1, le=1000)
     worker_lease_seconds: float = Field(default=60.0, gt=0)

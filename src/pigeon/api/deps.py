@@ -15,6 +15,7 @@ from pigeon.accounts.service import KeyAuthenticator
 from pigeon.api.body import malformed_detail
 from pigeon.config import Settings
 from pigeon.db.writer import Writer
+from pigeon.dispatch.process import WorkerProcess
 from pigeon.dispatch.worker import Worker
 from pigeon.errors import BadRequest
 from pigeon.events.stream import StreamHub
@@ -37,7 +38,15 @@ class Services:
     stream: StreamHub
     writer: Writer  # the process's write transactions (`db.writer`)
     cursors: Cursors
-    worker: Worker | None = None
+    worker: Worker | None = None  # the worker in this process, if it runs here
+    worker_process: WorkerProcess | None = None  # or beside it
+
+    def wake_worker(self) -> None:
+        """A message was accepted: the worker looks for it now, not at its next poll."""
+        if self.worker is not None:
+            self.worker.wake.set()
+        elif self.worker_process is not None:
+            self.worker_process.wake()
 
 
 class PigeonRequest(Request[Any, Any, Any]):
@@ -115,8 +124,8 @@ async def guarded_run(
     result = await svc.idempotency.run(
         scope=scope, body=body, action=action, status_code=status_code
     )
-    if not result.replayed and svc.worker is not None:
-        svc.worker.wake.set()
+    if not result.replayed:
+        svc.wake_worker()
     return result
 
 

@@ -1,0 +1,130 @@
+"""`pigeon serve` runs its dispatch worker as a child process, kept running and tied to it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import DEMO_ID, DEMO_KEY, make_server, wait_for_final
+
+WORKER_MODULE = "pigeon.dispatch.process"
+
+
+def _children(pid: int) -> list[int]:
+    """The process ids whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its ")".
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _command(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited, only its parent has not reaped it
+
+
+def _worker_of(server_pid: int, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = [p for p in _children(server_pid) if WORKER_MODULE in _command(p)]
+        if workers and _alive(workers[0]):
+            return workers[0]
+        time.sleep(0.1)
+    raise AssertionError("pigeon serve has no worker process")
+
+
+def _send(client: httpx.Client, text: str) -> str:
+    response = client.post(
+        f"/v1/users/{DEMO_ID}/message/sms", json={"content": {"text": text}}
+    )
+    assert response.status_code == 200, response.text
+    message_id: str = response.json()["messages"][0]["messageId"]
+    return message_id
+
+
+def _delivered(client: httpx.Client, message_id: str) -> None:
+    body = wait_for_final(client, message_id, timeout=30)
+    assert body["status"]["groupName"] == "DELIVERED", body
+
+
+def test_serve_dispatches_from_a_child_process_that_is_restarted_when_it_dies(
+    tmp_path: Path,
+) -> None:
+    server = make_server(tmp_path)
+    server.start()
+    try:
+        assert server.process is not None
+        worker = _worker_of(server.process.pid)
+        with server.client(DEMO_KEY) as client:
+            first = _send(client, "sent by the worker process")
+            _delivered(client, first)
+            message = client.get(f"/v1/messages/{first}").json()
+            assert message["attempts"] == 1
+            # The child's counts are the server's: /metrics adds them up.
+            scraped = client.get("/metrics").text
+            assert 'pigeon_messages_final_total{channel="sms",group="DELIVERED"} 1.0' in scraped
+
+            os.kill(worker, signal.SIGKILL)
+            replacement = _worker_of(server.process.pid)
+            assert replacement != worker
+            _delivered(client, _send(client, "sent by the restarted worker"))
+        log = server.log_path.read_text()
+        assert "worker process exited: starting it again" in log
+        assert f"code=-{int(signal.SIGKILL)}" in log
+    finally:
+        assert server.stop()
+    # A graceful stop ends the worker too.
+    assert not _alive(replacement)
+
+
+def test_the_worker_process_stops_when_serve_is_killed(tmp_path: Path) -> None:
+    server = make_server(tmp_path)
+    server.start()
+    assert server.process is not None
+    worker = _worker_of(server.process.pid)
+    server.process.kill()
+    server.process.wait()
+    deadline = time.monotonic() + 30
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker), "the worker outlived the server it worked for"
+    assert "worker stopped" in server.log_path.read_text()
+
+
+def test_pigeon_worker_process_0_dispatches_in_the_api_process(tmp_path: Path) -> None:
+    server = make_server(tmp_path, PIGEON_WORKER_PROCESS="0")
+    server.start()
+    try:
+        assert server.process is not None
+        with server.client(DEMO_KEY) as client:
+            _delivered(client, _send(client, "sent from the API's own process"))
+        assert not [p for p in _children(server.process.pid) if WORKER_MODULE in _command(p)]
+        started = [
+            line for line in server.log_path.read_text().splitlines() if "worker started" in line
+        ]
+        assert len(started) == 1
+        assert f":{server.process.pid}:" in started[0]  # the worker's id names its process
+    finally:
+        assert server.stop()

@@ -56,9 +56,7 @@ def _worker_of(server_pid: int, timeout: float = 60) -> int:
 
 
 def _send(client: httpx.Client, text: str) -> str:
-    response = client.post(
-        f"/v1/users/{DEMO_ID}/message/sms", json={"content": {"text": text}}
-    )
+    response = client.post(f"/v1/users/{DEMO_ID}/message/sms", json={"content": {"text": text}})
     assert response.status_code == 200, response.text
     message_id: str = response.json()["messages"][0]["messageId"]
     return message_id

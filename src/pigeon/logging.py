@@ -8,8 +8,11 @@ import sys
 import structlog
 
 
-def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
-    """Route structlog and the standard library's logging through one renderer."""
+def configure_logging(
+    level: str = "INFO", *, json: bool = False, process: str | None = None
+) -> None:
+    """Route structlog and the standard library's logging through one renderer; `process`
+    names the process in each line (`pigeon serve`'s worker, whose lines join the API's)."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -19,6 +22,8 @@ def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if process is not None:
+        shared.append(_named(process))
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -41,3 +46,11 @@ def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
     root.setLevel(level.upper())
     for noisy in ("httpx", "httpcore", "aiosqlite", "sqlalchemy.engine"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _named(process: str) -> structlog.typing.Processor:
+    def name(_: object, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+        event.setdefault("process", process)
+        return event
+
+    return name

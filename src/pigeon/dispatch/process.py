@@ -208,7 +208,7 @@ def main(argv: Sequence[str]) -> None:
     from pigeon.serversecret import with_server_secret
 
     settings = with_server_secret(Settings())
-    configure_logging(settings.log_level, json=settings.log_json)
+    configure_logging(settings.log_level, json=settings.log_json, process="worker")
     tune_gc_for_batches()
     asyncio.run(run_worker(settings, parent_fd=int(argv[0])))
 

@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             svc.worker_process = WorkerProcess(settings)
             await svc.worker_process.start()
         elif in_process:
-            svc.worker = Worker(engine, settings, writer=writer)
+            svc.worker = Worker(engine, settings, writer=writer, reader=reader)
             worker_task = asyncio.create_task(svc.worker.run(stop))
         deliveries_task = asyncio.create_task(deliveries.run(stop)) if deliveries else None
         stream_task = asyncio.create_task(svc.stream.run(stop))

@@ -99,10 +99,15 @@ async def reports(
     data: Annotated[DeliveryReports, Body(examples=doc.example(doc.DELIVERY_REPORTS))],
 ) -> WebhookAnswer:
     raw = await _raw_results(request)
-    # Through the process's writer: on SQLite one call on its thread, not a transaction held
-    # across turns of the loop (`db.writer`). The URL's token was checked by the guard.
     svc = services(request)
-    return await svc.writer.transaction(service.apply_reports, owner=owner, payload=data, raw=raw)
+    # Resolved and decided on a read connection; written through the process's writer, on
+    # SQLite one call on its thread that holds the lock only while it writes (`db.writer`).
+    # The URL's token was checked by the guard.
+    async with svc.reader.connect() as conn:
+        read = await conn.run_sync(service.read_reports, owner=owner, payload=data, raw=raw)
+    return await svc.writer.transaction(
+        service.apply_reports, owner=owner, payload=data, raw=raw, read=read
+    )
 
 
 @post(

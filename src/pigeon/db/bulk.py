@@ -62,16 +62,18 @@ def _is_binary(table: Table, column: str) -> bool:
     return isinstance(table.c[column].type, LargeBinary)
 
 
+def _pg_type(table: Table, column: str) -> str:
+    """A column's type in `pg_recordset`'s rows (bytes travel as base64 text)."""
+    return "text" if _is_binary(table, column) else str(table.c[column].type.compile(_PG_DIALECT))
+
+
 def pg_recordset(table: Table, columns: Sequence[str], parameter: int = 1) -> str:
     """`json_to_recordset($1::json) AS v(column TYPE, ...)`: the rows of one JSON parameter.
 
     Bytes travel in JSON as base64 text (msgspec's encoding): a binary column is read as text
     here and decoded by `pg_values`.
     """
-    types = ", ".join(
-        f'"{c}" {"text" if _is_binary(table, c) else table.c[c].type.compile(dialect=_PG_DIALECT)}'
-        for c in columns
-    )
+    types = ", ".join(f'"{c}" {_pg_type(table, c)}' for c in columns)
     return f"json_to_recordset(${parameter}::json) AS v({types})"
 
 
@@ -197,3 +199,66 @@ def update_rows(
         return
     sql, converters = _sqlite_update(table, columns, key)
     conn.exec_driver_sql(sql, _sqlite_tuples(columns, converters, rows))
+
+
+@cache
+def _sqlite_update_if(
+    table: Table, columns: tuple[str, ...], key: str, guarded: tuple[str, ...]
+) -> tuple[str, tuple[Converter, ...]]:
+    """`_sqlite_update` that also matches the guarded columns (their values after the key)."""
+    sql, converters = _sqlite_update(table, columns, key)
+    matched = "".join(f' AND "{c}" = ?' for c in guarded)
+    return sql + matched, converters
+
+
+@cache
+def _pg_update_if(
+    table: Table, columns: tuple[str, ...], key: str, guarded: tuple[str, ...]
+) -> str:
+    assignments = ", ".join(f'"{c}" = {pg_value(table, c)}' for c in columns if c != key)
+    # The guarded columns' expected values travel as `seen_<column>`, of the column's type.
+    types = ", ".join(
+        [
+            *(f'"{c}" {_pg_type(table, c)}' for c in columns),
+            *(f'"seen_{c}" {_pg_type(table, c)}' for c in guarded),
+        ]
+    )
+    matched = "".join(f' AND t."{c}" = v."seen_{c}"' for c in guarded)
+    return (
+        f'UPDATE "{table.name}" AS t SET {assignments} '  # noqa: S608
+        f"FROM json_to_recordset($1::json) AS v({types}) "
+        f'WHERE t."{key}" = {pg_value(table, key)}{matched}'
+    )
+
+
+def update_rows_if(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    guarded: Sequence[str],
+    seen: Sequence[Sequence[Any]],
+    *,
+    key: str = "id",
+) -> int:
+    """`update_rows` for the rows whose `guarded` columns still hold the values `seen` (one
+    tuple per row, in the rows' order); the number of rows updated."""
+    if not rows:
+        return 0
+    columns = (*(name for name in rows[0] if name != key), key)
+    names = tuple(guarded)
+    if _dialect(conn) == "postgresql":
+        payload = [
+            {**row, **{f"seen_{c}": v for c, v in zip(names, values, strict=True)}}
+            for row, values in zip(rows, seen, strict=True)
+        ]
+        result = conn.exec_driver_sql(
+            _pg_update_if(table, columns, key, names),
+            (pg_rows(table, columns, payload),),
+        )
+        return int(result.rowcount)
+    sql, converters = _sqlite_update_if(table, columns, key, names)
+    tuples = _sqlite_tuples(columns, converters, rows)
+    result = conn.exec_driver_sql(
+        sql, [(*values, *was) for values, was in zip(tuples, seen, strict=True)]
+    )
+    return int(result.rowcount)

@@ -23,8 +23,8 @@ from pigeon.db.bulk import insert_rows, update_rows
 from pigeon.db.tables import delivery_attempts, idempotency_keys, messages
 from pigeon.dispatch.backoff import retry_delay
 from pigeon.messages import status
-from pigeon.messages.reports import StatusReport, move_statuses
-from pigeon.providers.base import BODY_LIMIT, Outbound, Provider, SendOutcome
+from pigeon.messages.reports import Moves, StatusReport, move_statuses
+from pigeon.providers.base import BODY_LIMIT, Outbound, SendOutcome
 
 STUCK_ERROR = {
     "groupId": 1,
@@ -59,13 +59,17 @@ def record_outcomes(
     worker_id: str,
     provider_name: str,
     settings: Settings,
+    now: datetime | None = None,
+    decided: Moves | None = None,
 ) -> None:
     """One send's results: an attempt row per message, then new statuses or retries.
 
     `passed` are earlier providers' transient answers that the route failed over from
-    (provider, outcome): attempt rows only.
+    (provider, outcome): attempt rows only. `now` is when the provider answered;
+    `decided` the status changes of the taken messages (`sent_moves`), decided before this
+    transaction on the rows read then (see `move_statuses`).
     """
-    now = utcnow()
+    now = now or utcnow()
     answers = [*passed, *((provider_name, outcome) for outcome in outcomes)]
     attempts = [
         {
@@ -81,19 +85,23 @@ def record_outcomes(
         }
         for provider, outcome in answers
     ]
-    _sent(conn, [o for o in outcomes if not o.transient], provider_name, now)
+    taken = [o for o in outcomes if not o.transient]
+    if taken:
+        reports, sent = sent_moves(taken, provider_name, now)
+        move_statuses(
+            conn, reports=reports, source="worker", sent=sent, attempted=True, decided=decided
+        )
     _retry_later(conn, [o for o in outcomes if o.transient], settings)
     # After the messages are locked and updated: the attempts' foreign-key checks then find
     # rows this transaction already holds, instead of locking each one first.
     insert_rows(conn, delivery_attempts, attempts)
 
 
-def _sent(
-    conn: Connection, outcomes: Sequence[SendOutcome], provider_name: str, now: datetime
-) -> None:
-    """The provider holds these now: en route (whatever pending name it gave), or refused."""
-    if not outcomes:
-        return
+def sent_moves(
+    outcomes: Sequence[SendOutcome], provider_name: str, now: datetime
+) -> tuple[list[StatusReport], dict[str, dict[str, Any]]]:
+    """What the provider's taking these messages changes: en route (whatever pending name it
+    gave) or refused, its id for each, their leases cleared."""
     sent = {
         o.message_id: {
             "provider": provider_name,
@@ -110,7 +118,7 @@ def _sent(
         )
         for o in outcomes
     ]
-    move_statuses(conn, reports=reports, source="worker", sent=sent, attempted=True)
+    return reports, sent
 
 
 def _retry_later(conn: Connection, outcomes: Sequence[SendOutcome], settings: Settings) -> None:
@@ -180,12 +188,19 @@ def move_on(
     insert_rows(conn, delivery_attempts, skipped)
 
 
-def apply_polled_reports(conn: Connection, provider: Provider) -> int:
-    """Apply the reports a provider without webhooks has now (the sandbox): changes made."""
-    reports = provider.poll_reports(conn)
-    moved = move_statuses(conn, reports=reports, source="report")
+def apply_polled_reports(
+    conn: Connection,
+    provider_name: str,
+    reports: list[StatusReport],
+    decided: Moves | None = None,
+) -> int:
+    """Apply the reports a provider without webhooks had (the sandbox): changes made.
+
+    `decided`: their changes, decided on the rows read with the reports (see `move_statuses`).
+    """
+    moved = move_statuses(conn, reports=reports, source="report", decided=decided)
     stale = len(reports) - moved
-    metrics.on_commit(conn, partial(metrics.count_reports, provider.name, moved, 0, stale))
+    metrics.on_commit(conn, partial(metrics.count_reports, provider_name, moved, 0, stale))
     return moved
 
 

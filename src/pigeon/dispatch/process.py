@@ -46,7 +46,7 @@ async def run_worker(
     """Dispatch (messages, CDP sync, webhook deliveries) until SIGTERM or SIGINT; with
     `parent_fd`, also until that pipe ends, waking at once on each byte read from it."""
     from pigeon import metrics
-    from pigeon.db.engine import create_engine
+    from pigeon.db.engine import create_engine, is_sqlite
     from pigeon.db.writer import writer_for
     from pigeon.dispatch.deliveries import DeliveryWorker
     from pigeon.dispatch.registry import ProviderRegistry
@@ -63,7 +63,12 @@ async def run_worker(
         loop.add_signal_handler(signum, stop.set)
     registry = ProviderRegistry(settings)
     writer = writer_for(engine, settings.database_url)
-    loops = [Worker(engine, settings, registry, writer=writer) for _ in range(concurrency)]
+    # Status changes are decided on rows read outside the write transactions: on SQLite by a
+    # read-only engine (a transaction of the main one takes the file's write lock).
+    reader = create_engine(settings.database_url, read_only=True) if is_sqlite(engine) else engine
+    loops = [
+        Worker(engine, settings, registry, writer=writer, reader=reader) for _ in range(concurrency)
+    ]
     if parent_fd is not None:
         os.set_blocking(parent_fd, False)
         loop.add_reader(parent_fd, _on_parent, parent_fd, loops, stop)
@@ -81,6 +86,8 @@ async def run_worker(
         await deliveries.aclose()
         await registry.aclose()
         await writer.close()
+        if reader is not engine:
+            await reader.dispose()
         await engine.dispose()
         metrics.process_exiting()
 

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pigeon.clock import utcnow
 from pigeon.config import Settings
+from pigeon.db.engine import create_engine, is_sqlite
 from pigeon.db.errors import unavailable
 from pigeon.db.writer import Writer, writer_for
 from pigeon.dispatch import outcomes as writes
@@ -21,6 +23,7 @@ from pigeon.dispatch.claims import claim_due_messages
 from pigeon.dispatch.registry import ProviderRegistry
 from pigeon.ids import new_token
 from pigeon.messages import status
+from pigeon.messages.reports import decide_moves, read_states
 from pigeon.messages.whatsapp import PLATFORM
 from pigeon.providers.base import Outbound, SendOutcome, provider_error
 
@@ -71,8 +74,15 @@ class Worker:
         registry: ProviderRegistry | None = None,
         *,
         writer: Writer | None = None,
+        reader: AsyncEngine | None = None,
     ) -> None:
         self.engine = engine
+        # Where the rows a status change is decided on are read, before its write transaction
+        # (on SQLite a read-only engine: the main one's transactions take the write lock).
+        self._owns_reader = reader is None and is_sqlite(engine)
+        self.reader = reader or (
+            create_engine(settings.database_url, read_only=True) if is_sqlite(engine) else engine
+        )
         self.settings = settings
         self.registry = registry or ProviderRegistry(settings)
         # The process's writer (shared with the accept path in `pigeon serve`), or its own.
@@ -139,7 +149,16 @@ class Worker:
         """Apply reports from providers that have no webhooks (the sandbox)."""
         applied = 0
         for provider in self.registry.polling():
-            applied += await self.writer.transaction(writes.apply_polled_reports, provider)
+            # The reports and the rows' state from one snapshot, decided outside the write
+            # transaction, which then only checks that the rows are still so.
+            async with self.reader.connect() as conn:
+                reports = await conn.run_sync(provider.poll_reports)
+                rows = await conn.run_sync(read_states, [r.message_id for r in reports])
+            if reports:
+                decided = decide_moves(rows, reports=reports, source="report")
+                applied += await self.writer.transaction(
+                    writes.apply_polled_reports, provider.name, reports, decided
+                )
         return applied
 
     async def dispatch(self, claimed: Sequence[tuple[Outbound, str | None]]) -> None:
@@ -198,6 +217,16 @@ class Worker:
         `passed` are earlier providers' transient answers that the route failed over from:
         attempt rows only.
         """
+        now = utcnow()
+        decided = None
+        taken = [o for o in outcomes if not o.transient]
+        if taken:
+            async with self.reader.connect() as conn:
+                rows = await conn.run_sync(read_states, [o.message_id for o in taken])
+            reports, sent = writes.sent_moves(taken, provider_name, now)
+            decided = decide_moves(
+                rows, reports=reports, source="worker", sent=sent, attempted=True
+            )
         await self.writer.transaction(
             writes.record_outcomes,
             outcomes=outcomes,
@@ -205,6 +234,8 @@ class Worker:
             worker_id=self.worker_id,
             provider_name=provider_name,
             settings=self.settings,
+            now=now,
+            decided=decided,
         )
 
     async def _move_on(self, already_sent: Sequence[tuple[Outbound, str]]) -> None:
@@ -222,3 +253,5 @@ class Worker:
         await self.registry.aclose()
         if self._owns_writer:
             await self.writer.close()
+        if self._owns_reader:
+            await self.reader.dispose()

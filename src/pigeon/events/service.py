@@ -28,9 +28,12 @@ NOTIFY_CHANNEL = "pigeon_events"
 _RECIPIENT_TYPES = {"user": "user", "person": "identity", "app": "app"}
 
 
-def new_event_id() -> str:
-    """`evt_` and 26 characters: microseconds since the epoch, then random."""
-    return f"evt_{time.time_ns() // 1000:014x}{secrets.token_hex(6)}"
+def new_event_ids(count: int) -> list[str]:
+    """`count` event ids, made at once (one clock reading, one draw of random bytes): each
+    `evt_` and 26 characters, microseconds since the epoch then random."""
+    stamp = f"evt_{time.time_ns() // 1000:014x}"
+    random = secrets.token_hex(6 * count)
+    return [stamp + random[i : i + 12] for i in range(0, 12 * count, 12)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +88,7 @@ def write_events(conn: Connection, new_events: Sequence[NewEvent]) -> None:
     if not new_events:
         return
     rows: list[dict[str, Any]] = []
-    for event in new_events:
-        event_id = new_event_id()
+    for event, event_id in zip(new_events, new_event_ids(len(new_events)), strict=True):
         rows.append(
             {
                 "id": event_id,

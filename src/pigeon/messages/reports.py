@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Select, any_, bindparam, select
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon import metrics
 from pigeon.clock import utcnow
-from pigeon.db.bulk import insert_rows, update_rows
+from pigeon.db.bulk import insert_rows, update_rows, update_rows_if
 from pigeon.db.tables import message_events, messages
 from pigeon.events.catalogue import message_event_type
 from pigeon.events.service import NewEvent, message_event, write_events
@@ -56,8 +57,8 @@ _FACTS = ("account_id", "channel", "destination", "recipient_type", "recipient_i
 _SHOWN = ("error", "sent_at", "done_at")
 
 
-def _locked_rows(ids: list[str], dialect: str) -> Select[Any]:
-    """The rows' state, locked in id order (so concurrent appliers cannot deadlock)."""
+def message_states(ids: list[str], dialect: str) -> Select[Any]:
+    """The rows' state that a change is decided on (`decide_moves`), in id order."""
     query = select(
         messages.c.id,
         messages.c.status_id,
@@ -71,7 +72,19 @@ def _locked_rows(ids: list[str], dialect: str) -> Select[Any]:
         query = query.where(messages.c.id == any_(listed))
     else:
         query = query.where(messages.c.id.in_(ids))
-    return query.order_by(messages.c.id).with_for_update()
+    return query.order_by(messages.c.id)
+
+
+def _locked_rows(ids: list[str], dialect: str) -> Select[Any]:
+    """The rows' state, locked in id order (so concurrent appliers cannot deadlock)."""
+    return message_states(ids, dialect).with_for_update()
+
+
+def read_states(conn: Connection, ids: Sequence[str]) -> Sequence[Any]:
+    """The rows' state as they are now, unlocked (to decide changes before the write)."""
+    if not ids:
+        return []
+    return conn.execute(message_states(sorted(set(ids)), conn.dialect.name)).all()
 
 
 async def apply_statuses(
@@ -88,38 +101,44 @@ async def apply_statuses(
     )
 
 
-def move_statuses(
-    conn: Connection,
+@dataclass(slots=True)
+class Moves:
+    """The status changes decided for a set of messages, and what they write.
+
+    `seen` is each changed row's status and attempt count as it was read: the write of moves
+    decided on rows read before its transaction checks that they are still so.
+    """
+
+    changes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    tenant_events: list[NewEvent] = field(default_factory=list)
+    finals: list[metrics.Final] = field(default_factory=list)
+
+
+def decide_moves(
+    rows: Sequence[Any],
     *,
     reports: list[StatusReport],
     source: str,
     sent: dict[str, dict[str, Any]] | None = None,
     attempted: bool = False,
-) -> int:
-    """Apply many reports in a few statements; the number of status changes made.
+) -> Moves:
+    """Every change `reports` make to the rows (the state `message_states` reads), with the
+    forward-only rule, each with its history entry and tenant event, in the reports' order.
 
-    The one place status changes are written. The rows are read under lock (FOR UPDATE on
-    PostgreSQL; SQLite's writer holds the file), every change is decided here with the
-    forward-only rule, then one statement per set of columns updates the rows and one inserts
-    the history; the tenants' events (sent, delivered, failed) are written by the same
-    transaction, in the order of the changes. `sent` carries what a worker learned per
-    message (the provider's id, cleared lease), applied whether or not the status moves; with
-    `attempted` each of those messages also counts one more attempt, from the locked row.
+    `sent` carries what a worker learned per message (the provider's id, cleared lease),
+    applied whether or not the status moves; with `attempted` each of those messages also
+    counts one more attempt.
     """
     sent = sent or {}
-    ids = sorted({r.message_id for r in reports} | set(sent))
-    if not ids:
-        return 0
-    rows = conn.execute(_locked_rows(ids, conn.dialect.name)).all()
-    # Only the columns a change sets are written: each message's current status (to decide
-    # with the forward-only rule) and attempt count, what its events show, and its facts.
+    # Each message's current status (to decide with the forward-only rule) and attempt count,
+    # what its events show, and its facts.
     by_id = {row.id: row for row in rows}
     state = {row.id: [status_for(row.status_id, row.group_id), row.attempts] for row in rows}
     now = utcnow()
-    events: list[dict[str, Any]] = []
-    tenant_events: list[NewEvent] = []
-    finals: list[metrics.Final] = []
-    changes: dict[str, dict[str, Any]] = {}
+    moves = Moves(seen={row.id: (row.status_id, row.attempts) for row in rows})
+    changes = moves.changes
     for message_id, values in sent.items():
         if message_id in state:
             change = changes[message_id] = {"id": message_id, **values}
@@ -138,24 +157,94 @@ def move_statuses(
         row = by_id[report.message_id]
         event_type = message_event_type(row.channel, before, report.status)
         if event_type is not None:
-            message = {**row._asdict(), **change}  # the row as this change leaves it
-            tenant_events.append(message_event(event_type, message, report.status, now))
-        events.append(_event(report.message_id, report.status, source, now, _detail(report)))
+            message = {  # what the event tells of the row, as this change leaves it
+                "id": row.id,
+                "account_id": row.account_id,
+                "channel": row.channel,
+                "destination": row.destination,
+                "recipient_type": row.recipient_type,
+                "recipient_id": row.recipient_id,
+                **{name: change.get(name, getattr(row, name)) for name in _SHOWN},
+            }
+            moves.tenant_events.append(message_event(event_type, message, report.status, now))
+        moves.history.append(_event(report.message_id, report.status, source, now, _detail(report)))
         if report.status.is_final:
-            finals.append(metrics.Final(row.channel, report.status.group.name, row.created_at, now))
-    # One statement per set of columns changed (a batch's changes are mostly alike).
-    alike: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for message_id in sorted(changes):
-        change = changes[message_id]
+            moves.finals.append(
+                metrics.Final(row.channel, report.status.group.name, row.created_at, now)
+            )
+    for change in changes.values():
         change["updated_at"] = now
+    return moves
+
+
+def write_moves(conn: Connection, moves: Moves, *, if_unchanged: bool = False) -> bool:
+    """Write decided moves: one statement per set of columns changed (a batch's changes are
+    mostly alike), then the history and the tenants' events.
+
+    With `if_unchanged` each row is updated only while its status and attempts are as seen;
+    False (and nothing but some of the updates written: roll them back) when one was not.
+    """
+    alike: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for message_id in sorted(moves.changes):
+        change = moves.changes[message_id]
         alike.setdefault(tuple(sorted(change)), []).append(change)
     for group in alike.values():
-        update_rows(conn, messages, group)
-    insert_rows(conn, message_events, events)
-    write_events(conn, tenant_events)
-    if finals:
+        if if_unchanged:
+            seen = [moves.seen[change["id"]] for change in group]
+            if update_rows_if(conn, messages, group, _GUARDED, seen) != len(group):
+                return False
+        else:
+            update_rows(conn, messages, group)
+    insert_rows(conn, message_events, moves.history)
+    write_events(conn, moves.tenant_events)
+    if moves.finals:
+        finals = moves.finals
         metrics.on_commit(conn, lambda: metrics.count_finals(finals))
-    return len(events)
+    return True
+
+
+_GUARDED = ("status_id", "attempts")  # what `Moves.seen` holds, in this order
+
+
+def move_statuses(
+    conn: Connection,
+    *,
+    reports: list[StatusReport],
+    source: str,
+    sent: dict[str, dict[str, Any]] | None = None,
+    attempted: bool = False,
+    decided: Moves | None = None,
+) -> int:
+    """Apply many reports in a few statements; the number of status changes made.
+
+    The one place status changes are written. The rows are read under lock (FOR UPDATE on
+    PostgreSQL; SQLite's writer holds the file), every change is decided with the
+    forward-only rule (`decide_moves`), then written with its history and the tenants'
+    events (sent, delivered, failed) by the same transaction, in the order of the changes.
+
+    `decided`: the same changes, decided before this transaction on rows read then
+    (`read_states`), so that the lock is held only while they are written. They are written
+    if none of those rows has changed status or attempts since; otherwise they are decided
+    again here, on the locked rows.
+    """
+    if decided is not None:
+        savepoint = conn.begin_nested()
+        try:
+            written = write_moves(conn, decided, if_unchanged=True)
+        except BaseException:
+            savepoint.rollback()
+            raise
+        if written:
+            savepoint.commit()
+            return len(decided.history)
+        savepoint.rollback()
+    ids = sorted({r.message_id for r in reports} | set(sent or {}))
+    if not ids:
+        return 0
+    rows = conn.execute(_locked_rows(ids, conn.dialect.name)).all()
+    moves = decide_moves(rows, reports=reports, source=source, sent=sent, attempted=attempted)
+    write_moves(conn, moves)
+    return len(moves.history)
 
 
 def _event(

@@ -10,7 +10,8 @@ implements `Provider`:
   connection, 429 or 5xx). When a whole request fails it may raise `TransientError` or
   `PermanentError` instead; the dispatcher then gives every message of the batch that outcome.
 - `poll_reports(conn)` returns reports the provider has without a webhook (the sandbox): a
-  plain function, read in the worker's write transaction that applies them; providers that
+  plain function, read on a snapshot just before the worker's write transaction that applies
+  them (which checks the rows are still as read); providers that
   post webhooks return nothing here and have their own webhook route.
 - `aclose()` releases what the provider holds (pooled connections).
 
@@ -185,7 +186,7 @@ class Provider(Protocol):
 
     def poll_reports(self, conn: Connection) -> list[StatusReport]:
         """Status reports the provider has for us without a webhook (empty for most), read in
-        the worker's write transaction that applies them."""
+        a snapshot just before the worker's write transaction that applies them."""
         ...
 
     async def aclose(self) -> None:

@@ -146,8 +146,8 @@ class SandboxProvider:
         """Nothing to release."""
 
     def poll_reports(self, conn: Connection) -> list[StatusReport]:
-        """Delivery reports for sandbox messages that have been en route long enough (read in
-        the worker's write transaction that applies them)."""
+        """Delivery reports for sandbox messages that have been en route long enough (read on
+        the snapshot the worker decides their changes on)."""
         due = utcnow() - self._delay
         rows = conn.execute(
             select(messages.c.id, messages.c.destination, messages.c.provider_message_id)

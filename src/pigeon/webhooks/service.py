@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,13 @@ from pigeon.events.catalogue import WHATSAPP_RECEIVED
 from pigeon.events.service import NewEvent, record_events
 from pigeon.ids import is_object_id
 from pigeon.messages import whatsapp
-from pigeon.messages.reports import StatusReport, move_statuses
+from pigeon.messages.reports import (
+    Moves,
+    StatusReport,
+    decide_moves,
+    move_statuses,
+    read_states,
+)
 from pigeon.messages.status import Status, status_for
 from pigeon.providers.base import normalised_error
 from pigeon.webhooks.schemas import DeliveryReports, InboundMessages, WebhookAnswer
@@ -191,21 +198,54 @@ def _owned_by(row: Any, owner: str) -> bool:
     return bool(row.account_id == owner and row.route == "tenant")
 
 
-def apply_reports(
+@dataclass(slots=True)
+class ReportChunk:
+    """REPORT_CHUNK reports resolved to our messages, and their changes as decided."""
+
+    reports: list[StatusReport]
+    unknown: list[str]
+    decided: Moves | None = None
+
+
+def read_reports(
     conn: Connection, *, owner: str, payload: DeliveryReports, raw: list[dict[str, Any]]
+) -> list[ReportChunk]:
+    """Resolve reports to our messages and decide their changes, on a read connection before
+    the write transaction (`apply_reports`, which writes them if the rows are still so)."""
+    entries = list(zip(payload.results, raw, strict=True))
+    chunks = []
+    for start in range(0, len(entries), REPORT_CHUNK):
+        chunk = _resolve(conn, owner, entries[start : start + REPORT_CHUNK])
+        rows = read_states(conn, [report.message_id for report in chunk.reports])
+        chunk.decided = decide_moves(rows, reports=chunk.reports, source="report")
+        chunks.append(chunk)
+    return chunks
+
+
+def apply_reports(
+    conn: Connection,
+    *,
+    owner: str,
+    payload: DeliveryReports,
+    raw: list[dict[str, Any]],
+    read: list[ReportChunk] | None = None,
 ) -> WebhookAnswer:
     """Apply delivery reports idempotently, REPORT_CHUNK per lookup and update (bounded
     statements; run through the process's writer, off the loop, so other requests go on);
-    ids we do not know are counted and logged once, not errors."""
+    ids we do not know are counted and logged once, not errors. `read`: the chunks as
+    `read_reports` resolved and decided them before this transaction."""
     applied, stale, unknown = 0, 0, []
     entries = list(zip(payload.results, raw, strict=True))
-    for start in range(0, len(entries), REPORT_CHUNK):
-        chunk_applied, chunk_stale, chunk_unknown = _apply_chunk(
-            conn, owner, entries[start : start + REPORT_CHUNK]
-        )
-        applied += chunk_applied
-        stale += chunk_stale
-        unknown += chunk_unknown
+    if read is None:
+        read = [
+            _resolve(conn, owner, entries[start : start + REPORT_CHUNK])
+            for start in range(0, len(entries), REPORT_CHUNK)
+        ]
+    for chunk in read:
+        moved = move_statuses(conn, reports=chunk.reports, source="report", decided=chunk.decided)
+        applied += moved
+        stale += len(chunk.reports) - moved
+        unknown += chunk.unknown
     missing = len(unknown)
     metrics.on_commit(conn, lambda: metrics.count_reports(INFOBIP, applied, missing, stale))
     summary = {"owner": owner, "received": len(entries), "applied": applied}
@@ -222,11 +262,10 @@ def apply_reports(
     return WebhookAnswer(received=len(entries), applied=applied, unknown=len(unknown))
 
 
-def _apply_chunk(
+def _resolve(
     conn: Connection, owner: str, entries: list[tuple[Any, dict[str, Any]]]
-) -> tuple[int, int, list[str]]:
-    """Apply some reports: how many moved a status, how many were stale (known, but moved
-    nothing), and the ids that name no message of ours."""
+) -> ReportChunk:
+    """Some reports as our messages' reports, and the ids that name no message of ours."""
     reported = {item.messageId for item, _ in entries}
     ours: dict[str, str] = {}
     for row in conn.execute(report_lookup(reported)):
@@ -243,5 +282,4 @@ def _apply_chunk(
             continue
         error = _report_error(item.error)
         reports.append(StatusReport(message_id, _reported_status(item), error, original))
-    applied = move_statuses(conn, reports=reports, source="report")
-    return applied, len(reports) - applied, unknown
+    return ReportChunk(reports, unknown)

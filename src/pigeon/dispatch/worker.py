@@ -8,6 +8,7 @@ import os
 import socket
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import TypeVar
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,8 +29,15 @@ from pigeon.messages.whatsapp import PLATFORM
 from pigeon.providers.base import Outbound, SendOutcome, provider_error
 
 log = structlog.get_logger("pigeon.worker")
+T = TypeVar("T")
 
 HOUSEKEEPING_EVERY = 30.0
+# A round's status changes are written WRITE_CHUNK messages per transaction, CHUNK_GAP seconds
+# apart: on SQLite the accepts (another process) wait for the file's lock at most one chunk's
+# write (a few milliseconds) and take their turn in the gap, instead of waiting 40-100 ms for
+# a round's 500 or 1,000.
+WRITE_CHUNK = 250
+CHUNK_GAP = 0.001
 ROUND_GAP = 0.02  # seconds between rounds that found less than a full batch
 # A round allocates tens of thousands of short-lived objects (rows, request and answer
 # entries); the default threshold (700) runs a collection every few hundred of them.
@@ -62,6 +70,10 @@ def tune_gc_for_batches() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def _chunks(items: Sequence[T]) -> list[list[T]]:
+    return [list(items[i : i + WRITE_CHUNK]) for i in range(0, len(items), WRITE_CHUNK)]
 
 
 class Worker:
@@ -154,10 +166,17 @@ class Worker:
             async with self.reader.connect() as conn:
                 reports = await conn.run_sync(provider.poll_reports)
                 rows = await conn.run_sync(read_states, [r.message_id for r in reports])
-            if reports:
-                decided = decide_moves(rows, reports=reports, source="report")
+            by_id = {row.id: row for row in rows}
+            for i, chunk in enumerate(_chunks(reports)):
+                if i:
+                    await asyncio.sleep(CHUNK_GAP)
+                decided = decide_moves(
+                    [by_id[r.message_id] for r in chunk if r.message_id in by_id],
+                    reports=chunk,
+                    source="report",
+                )
                 applied += await self.writer.transaction(
-                    writes.apply_polled_reports, provider.name, reports, decided
+                    writes.apply_polled_reports, provider.name, chunk, decided
                 )
         return applied
 
@@ -212,31 +231,43 @@ class Worker:
         provider_name: str,
         passed: Sequence[tuple[str, SendOutcome]] = (),
     ) -> None:
-        """One transaction: an attempt row per message, then new statuses or retries, in bulk.
+        """An attempt row per message, then new statuses or retries, in bulk: one transaction
+        per WRITE_CHUNK messages.
 
         `passed` are earlier providers' transient answers that the route failed over from:
         attempt rows only.
         """
         now = utcnow()
-        decided = None
         taken = [o for o in outcomes if not o.transient]
+        by_id = {}
         if taken:
             async with self.reader.connect() as conn:
                 rows = await conn.run_sync(read_states, [o.message_id for o in taken])
-            reports, sent = writes.sent_moves(taken, provider_name, now)
-            decided = decide_moves(
-                rows, reports=reports, source="worker", sent=sent, attempted=True
+            by_id = {row.id: row for row in rows}
+        for i, chunk in enumerate(_chunks(outcomes)):
+            if i:
+                await asyncio.sleep(CHUNK_GAP)
+            decided = None
+            chunk_taken = [o for o in chunk if not o.transient]
+            if chunk_taken:
+                reports, sent = writes.sent_moves(chunk_taken, provider_name, now)
+                decided = decide_moves(
+                    [by_id[o.message_id] for o in chunk_taken if o.message_id in by_id],
+                    reports=reports,
+                    source="worker",
+                    sent=sent,
+                    attempted=True,
+                )
+            await self.writer.transaction(
+                writes.record_outcomes,
+                outcomes=chunk,
+                passed=passed if i == 0 else (),
+                worker_id=self.worker_id,
+                provider_name=provider_name,
+                settings=self.settings,
+                now=now,
+                decided=decided,
             )
-        await self.writer.transaction(
-            writes.record_outcomes,
-            outcomes=outcomes,
-            passed=passed,
-            worker_id=self.worker_id,
-            provider_name=provider_name,
-            settings=self.settings,
-            now=now,
-            decided=decided,
-        )
 
     async def _move_on(self, already_sent: Sequence[tuple[Outbound, str]]) -> None:
         """Messages the provider accepted before (their id is stored): never send them again."""

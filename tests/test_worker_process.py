@@ -126,3 +126,22 @@ def test_pigeon_worker_process_0_dispatches_in_the_api_process(tmp_path: Path) -
         assert f":{server.process.pid}:" in started[0]  # the worker's id names its process
     finally:
         assert server.stop()
+
+
+def test_an_accepted_send_wakes_the_worker_process_at_once(tmp_path: Path) -> None:
+    """The API tells its worker process of each committed send: with a poll interval of a
+    minute, a message is still sent within seconds (the worker sleeps until told), and the
+    sandbox's report is applied when it is due, not at the next poll."""
+    server = make_server(tmp_path, PIGEON_WORKER_POLL_INTERVAL="60")
+    server.start()
+    try:
+        assert server.process is not None
+        _worker_of(server.process.pid)
+        with server.client(DEMO_KEY) as client:
+            time.sleep(1)  # the worker's first rounds are over: it sleeps until woken
+            for text in ("woken", "woken again"):
+                started = time.monotonic()
+                _delivered(client, _send(client, text))
+                assert time.monotonic() - started < 20
+    finally:
+        assert server.stop()

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import os
 import socket
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -98,6 +98,7 @@ class Worker:
         self.settings = settings
         self.registry = registry or ProviderRegistry(settings)
         # The process's writer (shared with the accept path in `pigeon serve`), or its own.
+        self._polled = {provider.name for provider in self.registry.polling()}
         self._owns_writer = writer is None
         self.writer = writer or writer_for(engine, settings.database_url)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_token(4)}"
@@ -105,6 +106,9 @@ class Worker:
         self._last_housekeeping = 0.0
         self._next_sync_check = 0.0
         self._claimed = 0  # in the last round
+        # When the reports of the batches a polled provider (the sandbox) took are due, in
+        # loop time: an idle worker wakes for them rather than at its next poll.
+        self._reports_due: deque[float] = deque()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set; the round in progress always finishes."""
@@ -118,13 +122,27 @@ class Worker:
                 busy = False
             if not busy:
                 self.wake.clear()
-                await _first_of(stop, self.wake, within=self.settings.worker_poll_interval)
+                await _first_of(stop, self.wake, within=self._idle_wait())
             elif self._claimed < self.settings.worker_batch_size:
                 # Keeping up: let the next batch grow for a moment instead of chasing every
                 # accepted message. A round costs about as much for one message as for
                 # hundreds (its transactions, the provider's request).
                 await _first_of(stop, within=ROUND_GAP)
         log.info("worker stopped", worker=self.worker_id)
+
+    def _idle_wait(self) -> float:
+        """How long an idle worker sleeps unless woken: its poll interval, or until a polled
+        provider's report is due."""
+        now = asyncio.get_running_loop().time()
+        self._drop_passed(now)
+        wait = self.settings.worker_poll_interval
+        if self._reports_due:
+            wait = min(wait, self._reports_due[0] - now + ROUND_GAP)
+        return wait
+
+    def _drop_passed(self, now: float) -> None:
+        while self._reports_due and self._reports_due[0] <= now:
+            self._reports_due.popleft()
 
     async def run_once(self) -> bool:
         """One round: housekeeping when due, polled reports, one claimed batch. True if busy."""
@@ -210,6 +228,10 @@ class Worker:
             await self._record(group, outcomes, provider_name="none")
             return
         routed = await route.send(group)
+        if any(leg.provider in self._polled for leg in routed.legs):
+            now = asyncio.get_running_loop().time()
+            self._drop_passed(now)  # what is kept spans one report delay at most
+            self._reports_due.append(now + self.settings.sandbox_report_delay)
         passed = routed.passed
         for leg in routed.legs:
             await self._record(group, leg.outcomes, provider_name=leg.provider, passed=passed)

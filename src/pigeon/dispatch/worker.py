@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon.clock import utcnow
 from pigeon.config import Settings
-from pigeon.db.engine import create_engine, is_sqlite
+from pigeon.db.engine import is_sqlite, reader_for
 from pigeon.db.errors import unavailable
 from pigeon.db.writer import Writer, writer_for
 from pigeon.dispatch import outcomes as writes
@@ -92,9 +92,7 @@ class Worker:
         # Where the rows a status change is decided on are read, before its write transaction
         # (on SQLite a read-only engine: the main one's transactions take the write lock).
         self._owns_reader = reader is None and is_sqlite(engine)
-        self.reader = reader or (
-            create_engine(settings.database_url, read_only=True) if is_sqlite(engine) else engine
-        )
+        self.reader = reader or reader_for(engine, settings.database_url)
         self.settings = settings
         self.registry = registry or ProviderRegistry(settings)
         # The process's writer (shared with the accept path in `pigeon serve`), or its own.
@@ -114,6 +112,9 @@ class Worker:
         """Dispatch until `stop` is set; the round in progress always finishes."""
         log.info("worker started", worker=self.worker_id, provider=self.settings.provider)
         while not stop.is_set():
+            # Cleared before the round, not after it: a message accepted while the round runs
+            # (after its claim) leaves the event set, and the next round starts at once.
+            self.wake.clear()
             try:
                 busy = await self.run_once()
             except Exception as exc:
@@ -121,7 +122,6 @@ class Worker:
                     log.exception("dispatch round failed", worker=self.worker_id)
                 busy = False
             if not busy:
-                self.wake.clear()
                 await _first_of(stop, self.wake, within=self._idle_wait())
             elif self._claimed < self.settings.worker_batch_size:
                 # Keeping up: let the next batch grow for a moment instead of chasing every

@@ -36,7 +36,7 @@ from pigeon.api.problems import EXCEPTION_HANDLERS
 from pigeon.api.sendpath import SendFastPath
 from pigeon.config import Settings
 from pigeon.console import routes as console
-from pigeon.db.engine import create_engine, is_sqlite
+from pigeon.db.engine import create_engine, reader_for
 from pigeon.db.writer import SqliteWriter, Writer, writer_for
 from pigeon.dispatch.deliveries import DeliveryWorker
 from pigeon.dispatch.process import WorkerProcess
@@ -79,11 +79,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         # and the worker (`db.writer`); it waits for another process's lock as long as a
         # request may wait for the database.
         writer = writer_for(engine, settings.database_url, busy_timeout_ms=int(timeout * 1000))
-        reader = (
-            create_engine(settings.database_url, read_only=True, timeout=timeout)
-            if is_sqlite(engine)
-            else engine
-        )
+        reader = reader_for(engine, settings.database_url, timeout=timeout)
         svc = Services(
             settings=settings,
             engine=engine,

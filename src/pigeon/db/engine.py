@@ -100,6 +100,13 @@ def create_engine(
     return engine
 
 
+def reader_for(engine: AsyncEngine, url: str, *, timeout: float | None = None) -> AsyncEngine:
+    """The engine a process reads with beside `engine`: on SQLite a read-only one (a
+    transaction of the writing engine takes the file's write lock), elsewhere `engine` itself.
+    The caller disposes of it when it is not `engine`."""
+    return create_engine(url, read_only=True, timeout=timeout) if is_sqlite(engine) else engine
+
+
 def create_sync_engine(url: str, *, read_only: bool = False, busy_timeout_ms: int = 0) -> Engine:
     """A plain SQLite engine on the same file, for the accept path's own connections.
 

@@ -46,7 +46,7 @@ async def run_worker(
     """Dispatch (messages, CDP sync, webhook deliveries) until SIGTERM or SIGINT; with
     `parent_fd`, also until that pipe ends, waking at once on each byte read from it."""
     from pigeon import metrics
-    from pigeon.db.engine import create_engine, is_sqlite
+    from pigeon.db.engine import create_engine, reader_for
     from pigeon.db.writer import writer_for
     from pigeon.dispatch.deliveries import DeliveryWorker
     from pigeon.dispatch.registry import ProviderRegistry
@@ -63,9 +63,9 @@ async def run_worker(
         loop.add_signal_handler(signum, stop.set)
     registry = ProviderRegistry(settings)
     writer = writer_for(engine, settings.database_url)
-    # Status changes are decided on rows read outside the write transactions: on SQLite by a
-    # read-only engine (a transaction of the main one takes the file's write lock).
-    reader = create_engine(settings.database_url, read_only=True) if is_sqlite(engine) else engine
+    # What the worker and the deliveries read, outside the write transactions (status changes
+    # are decided on it).
+    reader = reader_for(engine, settings.database_url)
     loops = [
         Worker(engine, settings, registry, writer=writer, reader=reader) for _ in range(concurrency)
     ]
@@ -75,7 +75,7 @@ async def run_worker(
     exporter = None
     if metrics_port is not None:
         exporter = await metrics.serve(engine, host="127.0.0.1", port=metrics_port)
-    deliveries = DeliveryWorker(engine, settings, writer=writer)
+    deliveries = DeliveryWorker(engine, settings, reader=reader, writer=writer)
     try:
         await asyncio.gather(*(w.run(stop) for w in loops), deliveries.run(stop))
     finally:

@@ -64,7 +64,7 @@ def _send(client: httpx.Client, text: str) -> str:
 
 def _delivered(client: httpx.Client, message_id: str) -> None:
     body = wait_for_final(client, message_id, timeout=30)
-    assert body["status"]["groupName"] == "DELIVERED", body
+    assert body["status"]["groupName"] == "DELIVERED", (body["status"], body.get("sentAt"))
 
 
 def test_serve_dispatches_from_a_child_process_that_is_restarted_when_it_dies(

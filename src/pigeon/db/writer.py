@@ -142,10 +142,11 @@ class _Job:
 class SqliteWriter:
     """SQLite: the process's write connection on a thread of its own; jobs run in turn.
 
-    Jobs that queue up while one runs are written together (group commit): one BEGIN
-    IMMEDIATE, each job in a savepoint of its own (one that fails is rolled back alone), one
-    COMMIT and its fsync for all; each job's result is handed over once that commit is done.
-    A job alone runs as it is: an accept batch, one statement, is its own transaction.
+    Accept batches that queue up while a job runs are written together (group commit): one
+    BEGIN IMMEDIATE, each batch in a savepoint of its own (one that fails is rolled back
+    alone), one COMMIT and its fsync for all; each result is handed over once that commit is
+    done. A batch alone runs as it is (one statement, its own transaction). A `transaction`
+    job always runs alone, taking turns with the accepts' groups (`_next_group`).
     """
 
     def __init__(self, url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
@@ -193,21 +194,25 @@ class SqliteWriter:
 
     def _serve(self) -> None:
         """The writer thread: run jobs, together when several are waiting, until told to stop."""
-        stopping = False
-        while not stopping:
-            job = self._jobs.get()
-            if job is None:
-                break
-            group = [job]
-            while len(group) < MAX_GROUP:
+        waiting: list[_Job] = []
+        stopping, accepts_last = False, False
+        while True:
+            if not waiting:
+                job = None if stopping else self._jobs.get()
+                if job is None:
+                    break
+                waiting.append(job)
+            while not stopping:
                 try:
                     more = self._jobs.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
                     stopping = True
-                    break
-                group.append(more)
+                else:
+                    waiting.append(more)
+            group = _next_group(waiting, after_accepts=accepts_last)
+            accepts_last = not group[0].transactional
             self._run_group(group)
         self._close()
 
@@ -283,6 +288,24 @@ class SqliteWriter:
             if broken:
                 conn.invalidate()
             conn.close()
+
+
+def _next_group(waiting: list[_Job], *, after_accepts: bool) -> list[_Job]:
+    """Take the jobs the next commit writes out of `waiting`: the accept batches (`submit`),
+    up to MAX_GROUP, together; a transaction (`transaction`) alone.
+
+    A transaction may be a step of hundreds of rows (a chunk of delivery reports, of a
+    worker's outcomes): grouped with accept batches, it made each of them wait for its whole
+    run, and on a busy machine for the time its thread was not scheduled. The accepts and
+    the transactions take turns, so that neither waits for more than one of the other.
+    """
+    accepts = [job for job in waiting if not job.transactional][:MAX_GROUP]
+    transaction = next((job for job in waiting if job.transactional), None)
+    alone = transaction is not None and (after_accepts or not accepts)
+    group = [transaction] if transaction is not None and alone else accepts
+    taken = {id(job) for job in group}
+    waiting[:] = [job for job in waiting if id(job) not in taken]
+    return group
 
 
 def _broken(exc: BaseException) -> bool:

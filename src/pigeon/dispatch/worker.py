@@ -105,7 +105,8 @@ class Worker:
         self._next_sync_check = 0.0
         self._claimed = 0  # in the last round
         # When the reports of the batches a polled provider (the sandbox) took are due, in
-        # loop time: an idle worker wakes for them rather than at its next poll.
+        # loop time, until a poll that began after that: an idle worker wakes for them rather
+        # than at its next poll.
         self._reports_due: deque[float] = deque()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -132,16 +133,16 @@ class Worker:
 
     def _idle_wait(self) -> float:
         """How long an idle worker sleeps unless woken: its poll interval, or until a polled
-        provider's report is due."""
-        now = asyncio.get_running_loop().time()
-        self._drop_passed(now)
+        provider's report is due (at once when one is due that no poll has looked for)."""
         wait = self.settings.worker_poll_interval
         if self._reports_due:
-            wait = min(wait, self._reports_due[0] - now + ROUND_GAP)
+            now = asyncio.get_running_loop().time()
+            wait = min(wait, max(0.0, self._reports_due[0] - now))
         return wait
 
-    def _drop_passed(self, now: float) -> None:
-        while self._reports_due and self._reports_due[0] <= now:
+    def _drop_polled(self, polled_at: float) -> None:
+        """Forget the reports that were due when a poll began: it saw them."""
+        while self._reports_due and self._reports_due[0] <= polled_at:
             self._reports_due.popleft()
 
     async def run_once(self) -> bool:
@@ -150,7 +151,9 @@ class Worker:
         if loop_time - self._last_housekeeping >= HOUSEKEEPING_EVERY:
             self._last_housekeeping = loop_time
             await self.housekeeping()
+        polled_at = asyncio.get_running_loop().time()
         reports = await self.poll_reports()
+        self._drop_polled(polled_at)
         claimed = await self.writer.transaction(
             claim_due_messages,
             worker_id=self.worker_id,
@@ -228,10 +231,6 @@ class Worker:
             await self._record(group, outcomes, provider_name="none")
             return
         routed = await route.send(group)
-        if any(leg.provider in self._polled for leg in routed.legs):
-            now = asyncio.get_running_loop().time()
-            self._drop_passed(now)  # what is kept spans one report delay at most
-            self._reports_due.append(now + self.settings.sandbox_report_delay)
         passed = routed.passed
         for leg in routed.legs:
             await self._record(group, leg.outcomes, provider_name=leg.provider, passed=passed)
@@ -244,6 +243,11 @@ class Worker:
                 count=len(leg.outcomes),
                 accepted=sum(not o.transient and not o.status.is_final for o in leg.outcomes),
             )
+        if any(leg.provider in self._polled for leg in routed.legs):
+            # Counted from after the messages were recorded as sent (their `sent_at`, from
+            # which the sandbox's reports are due): a poll that begins then sees them.
+            due = asyncio.get_running_loop().time() + self.settings.sandbox_report_delay
+            self._reports_due.append(due)
 
     async def _record(
         self,

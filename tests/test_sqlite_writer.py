@@ -1,4 +1,5 @@
-"""The process's SQLite writer: jobs that queue up are committed together, each one isolated."""
+"""The process's SQLite writer: accept batches that queue up are committed together, each one
+isolated; transactions run alone, in turn with them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, text
@@ -32,7 +34,16 @@ def _create(conn: Connection) -> None:
     conn.execute(text("CREATE TABLE t (x INTEGER PRIMARY KEY)"))
 
 
-def test_jobs_waiting_together_commit_together_and_a_failing_one_alone_is_rolled_back(
+def _batch(conn: Connection, value: int, fail: bool = False) -> int:
+    """An accept batch as the accept path submits one: a statement on the driver's
+    connection, its own transaction when it runs alone."""
+    conn.connection.driver_connection.execute("INSERT INTO t (x) VALUES (?)", (value,))  # type: ignore[union-attr]
+    if fail:
+        raise ValueError("this batch fails after its insert")
+    return value
+
+
+def test_accept_batches_waiting_together_commit_together_and_a_failing_one_is_rolled_back(
     tmp_path: Path,
 ) -> None:
     async def run() -> None:
@@ -44,9 +55,9 @@ def test_jobs_waiting_together_commit_together_and_a_failing_one_alone_is_rolled
             # run as one group (one BEGIN IMMEDIATE, one COMMIT), each in its own savepoint.
             blocker = asyncio.wrap_future(writer.submit(lambda conn: release.wait(10)))
             jobs = [
-                asyncio.ensure_future(writer.transaction(_insert, 1)),
-                asyncio.ensure_future(writer.transaction(_insert, 2, fail=True)),
-                asyncio.ensure_future(writer.transaction(_insert, 3)),
+                asyncio.wrap_future(writer.submit(_batch, 1)),
+                asyncio.wrap_future(writer.submit(_batch, 2, True)),
+                asyncio.wrap_future(writer.submit(_batch, 3)),
             ]
             await asyncio.sleep(0.05)
             release.set()
@@ -56,7 +67,7 @@ def test_jobs_waiting_together_commit_together_and_a_failing_one_alone_is_rolled
             assert isinstance(results[1], ValueError)
             assert results[2] == 3
             assert await writer.transaction(_values) == [1, 3]
-            # A job alone that fails leaves nothing behind either.
+            # A transaction that fails leaves nothing behind either.
             with pytest.raises(ValueError, match="fails after"):
                 await writer.transaction(_insert, 4, fail=True)
             assert await writer.transaction(_values) == [1, 3]
@@ -64,6 +75,94 @@ def test_jobs_waiting_together_commit_together_and_a_failing_one_alone_is_rolled
             await writer.close()
 
     asyncio.run(run())
+
+
+def test_a_transaction_runs_alone_taking_turns_with_the_accept_batches(tmp_path: Path) -> None:
+    """A transaction (a chunk of reports, a worker's step: hundreds of rows) is never grouped
+    with accept batches, which would wait for its whole run; the two take turns."""
+    ran: list[tuple[str, bool]] = []  # (job, whether it ran in a savepoint of a group)
+
+    def job(conn: Connection, name: str) -> None:
+        ran.append((name, conn.in_nested_transaction()))
+
+    async def run() -> None:
+        writer = SqliteWriter(f"sqlite:///{tmp_path / 'w.db'}")
+        try:
+            started, release = threading.Event(), threading.Event()
+
+            def hold(conn: Connection) -> None:
+                started.set()
+                release.wait(10)
+
+            blocker = asyncio.ensure_future(writer.transaction(hold))
+            assert await asyncio.to_thread(started.wait, 10)
+            # Queued in this order while the writer is busy with a transaction.
+            jobs: list[asyncio.Future[None]] = []
+            for kind, name in [
+                ("transaction", "report chunk 1"),
+                ("batch", "accept batch 1"),
+                ("transaction", "report chunk 2"),
+                ("batch", "accept batch 2"),
+                ("batch", "accept batch 3"),
+            ]:
+                if kind == "batch":
+                    jobs.append(asyncio.wrap_future(writer.submit(job, name)))
+                else:
+                    jobs.append(asyncio.ensure_future(writer.transaction(job, name)))
+                await asyncio.sleep(0)  # the task queues its job now
+            release.set()
+            await blocker
+            await asyncio.gather(*jobs)
+        finally:
+            await writer.close()
+
+    asyncio.run(run())
+    # After a transaction, the batches that waited, in one group (each in its savepoint),
+    # although two of them were queued after a transaction; then the transactions, each alone.
+    assert ran == [
+        ("accept batch 1", True),
+        ("accept batch 2", True),
+        ("accept batch 3", True),
+        ("report chunk 1", False),
+        ("report chunk 2", False),
+    ]
+
+
+def test_accept_batches_and_transactions_alternate_while_both_keep_coming(
+    tmp_path: Path,
+) -> None:
+    """Neither starves the other: after a group of batches the oldest transaction runs."""
+    ran: list[str] = []
+
+    def job(conn: Connection, name: str) -> None:
+        ran.append(name)
+
+    async def run() -> None:
+        writer = SqliteWriter(f"sqlite:///{tmp_path / 'w.db'}")
+        try:
+            started, release = threading.Event(), threading.Event()
+
+            def hold(conn: Any) -> None:
+                started.set()
+                release.wait(10)
+
+            blocker = asyncio.wrap_future(writer.submit(hold))
+            assert await asyncio.to_thread(started.wait, 10)
+            jobs: list[asyncio.Future[None]] = [
+                asyncio.ensure_future(writer.transaction(job, f"t{i}")) for i in (1, 2)
+            ]
+            await asyncio.sleep(0)
+            jobs += [asyncio.wrap_future(writer.submit(job, f"a{i}")) for i in (1, 2)]
+            release.set()
+            await blocker
+            await asyncio.gather(*jobs)
+        finally:
+            await writer.close()
+
+    asyncio.run(run())
+    # The blocking batch was an accept group: a transaction next, then the batches, then the
+    # other transaction.
+    assert ran == ["t1", "a1", "a2", "t2"]
 
 
 def test_a_closed_writer_refuses_new_jobs(tmp_path: Path) -> None:

@@ -100,13 +100,18 @@ async def reports(
 ) -> WebhookAnswer:
     raw = await _raw_results(request)
     svc = services(request)
-    # Resolved and decided on a read connection; written through the process's writer, on
-    # SQLite one call on its thread that holds the lock only while it writes (`db.writer`).
+    # Each chunk resolved and decided on a read connection, then written through the
+    # process's writer: on SQLite one call on its thread that holds the lock only while it
+    # writes (`db.writer`), so that the accepts queued behind it wait for one chunk at most.
     # The URL's token was checked by the guard.
-    async with svc.reader.connect() as conn:
-        read = await conn.run_sync(service.read_reports, owner=owner, payload=data, raw=raw)
-    return await svc.writer.transaction(
-        service.apply_reports, owner=owner, payload=data, raw=raw, read=read
+    applied, unknown = 0, []
+    for entries in service.report_chunks(data, raw):
+        async with svc.reader.connect() as conn:
+            chunk = await conn.run_sync(service.read_reports, owner=owner, entries=entries)
+        applied += await svc.writer.transaction(service.apply_reports, chunk)
+        unknown += chunk.unknown
+    return service.reports_answer(
+        owner=owner, received=len(data.results), applied=applied, unknown=unknown
     )
 
 

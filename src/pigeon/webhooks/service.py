@@ -207,59 +207,56 @@ class ReportChunk:
     decided: Moves | None = None
 
 
+def report_chunks(
+    payload: DeliveryReports, raw: list[dict[str, Any]]
+) -> list[list[tuple[Any, dict[str, Any]]]]:
+    """A POST's reports (each with its original JSON), REPORT_CHUNK at a time: each chunk is
+    read, decided and written on its own (`read_reports`, `apply_reports`)."""
+    entries = list(zip(payload.results, raw, strict=True))
+    return [entries[start : start + REPORT_CHUNK] for start in range(0, len(entries), REPORT_CHUNK)]
+
+
 def read_reports(
-    conn: Connection, *, owner: str, payload: DeliveryReports, raw: list[dict[str, Any]]
-) -> list[ReportChunk]:
-    """Resolve reports to our messages and decide their changes, on a read connection before
-    the write transaction (`apply_reports`, which writes them if the rows are still so)."""
-    entries = list(zip(payload.results, raw, strict=True))
-    chunks = []
-    for start in range(0, len(entries), REPORT_CHUNK):
-        chunk = _resolve(conn, owner, entries[start : start + REPORT_CHUNK])
-        rows = read_states(conn, [report.message_id for report in chunk.reports])
-        chunk.decided = decide_moves(rows, reports=chunk.reports, source="report")
-        chunks.append(chunk)
-    return chunks
+    conn: Connection, *, owner: str, entries: list[tuple[Any, dict[str, Any]]]
+) -> ReportChunk:
+    """Resolve a chunk of reports to our messages and decide their changes, on a read
+    connection before the write transaction (`apply_reports`, which writes them if the rows
+    are still so)."""
+    chunk = _resolve(conn, owner, entries)
+    rows = read_states(conn, [report.message_id for report in chunk.reports])
+    chunk.decided = decide_moves(rows, reports=chunk.reports, source="report")
+    return chunk
 
 
-def apply_reports(
-    conn: Connection,
-    *,
-    owner: str,
-    payload: DeliveryReports,
-    raw: list[dict[str, Any]],
-    read: list[ReportChunk] | None = None,
-) -> WebhookAnswer:
-    """Apply delivery reports idempotently, REPORT_CHUNK per lookup and update (bounded
-    statements; run through the process's writer, off the loop, so other requests go on);
-    ids we do not know are counted and logged once, not errors. `read`: the chunks as
-    `read_reports` resolved and decided them before this transaction."""
-    applied, stale, unknown = 0, 0, []
-    entries = list(zip(payload.results, raw, strict=True))
-    if read is None:
-        read = [
-            _resolve(conn, owner, entries[start : start + REPORT_CHUNK])
-            for start in range(0, len(entries), REPORT_CHUNK)
-        ]
-    for chunk in read:
-        moved = move_statuses(conn, reports=chunk.reports, source="report", decided=chunk.decided)
-        applied += moved
-        stale += len(chunk.reports) - moved
-        unknown += chunk.unknown
-    missing = len(unknown)
-    metrics.on_commit(conn, lambda: metrics.count_reports(INFOBIP, applied, missing, stale))
-    summary = {"owner": owner, "received": len(entries), "applied": applied}
+def apply_reports(conn: Connection, chunk: ReportChunk) -> int:
+    """Apply a chunk of delivery reports idempotently, in the caller's transaction: the
+    changes made (a report that moves nothing forward is stale, not an error).
+
+    A POST's chunks are separate transactions: a large POST holds SQLite's lock (and, in the
+    API process, the accepts queued behind it on the writer) one chunk at a time. That is
+    safe because applying is idempotent: when a later chunk fails, Infobip posts the whole
+    batch again, and the chunks already written are stale then.
+    """
+    moved = move_statuses(conn, reports=chunk.reports, source="report", decided=chunk.decided)
+    stale, unknown = len(chunk.reports) - moved, len(chunk.unknown)
+    metrics.on_commit(conn, lambda: metrics.count_reports(INFOBIP, moved, unknown, stale))
+    return moved
+
+
+def reports_answer(*, owner: str, received: int, applied: int, unknown: list[str]) -> WebhookAnswer:
+    """A POST's answer, and its one log line (ids we do not know are counted and logged once,
+    not errors)."""
+    summary = {"owner": owner, "received": received, "applied": applied}
     if unknown:
-        sample = unknown[:UNKNOWN_SAMPLE]
         log.warning(
             "delivery reports for unknown messages",
             **summary,
             unknown=len(unknown),
-            unknown_ids=sample,
+            unknown_ids=unknown[:UNKNOWN_SAMPLE],
         )
     else:
         log.info("delivery reports applied", **summary)
-    return WebhookAnswer(received=len(entries), applied=applied, unknown=len(unknown))
+    return WebhookAnswer(received=received, applied=applied, unknown=len(unknown))
 
 
 def _resolve(

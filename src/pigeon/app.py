@@ -36,7 +36,7 @@ from pigeon.api.problems import EXCEPTION_HANDLERS
 from pigeon.api.sendpath import SendFastPath
 from pigeon.config import Settings
 from pigeon.console import routes as console
-from pigeon.db.engine import create_engine, reader_for
+from pigeon.db.engine import create_engine, is_sqlite, reader_for
 from pigeon.db.writer import SqliteWriter, Writer, writer_for
 from pigeon.dispatch.deliveries import DeliveryWorker
 from pigeon.dispatch.process import WorkerProcess
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             stream=StreamHub(reader),
             writer=writer,
             cursors=await load_cursors(engine),
+            report_turn=asyncio.Lock() if is_sqlite(engine) else None,
         )
         await prepare_secrets(engine, settings)
         svc.accept.start()

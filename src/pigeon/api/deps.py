@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,8 @@ class Services:
     cursors: Cursors
     worker: Worker | None = None  # the worker in this process, if it runs here
     worker_process: WorkerProcess | None = None  # or beside it
+    # On SQLite the process applies one delivery-report POST at a time (`api.webhooks`).
+    report_turn: asyncio.Lock | None = None
 
     def wake_worker(self) -> None:
         """A message was accepted: the worker looks for it now, not at its next poll."""

@@ -3,6 +3,7 @@ what the providers post back to us."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -98,18 +99,23 @@ async def reports(
     token: str,
     data: Annotated[DeliveryReports, Body(examples=doc.example(doc.DELIVERY_REPORTS))],
 ) -> WebhookAnswer:
-    raw = await _raw_results(request)
     svc = services(request)
-    # Each chunk resolved and decided on a read connection, then written through the
-    # process's writer: on SQLite one call on its thread that holds the lock only while it
-    # writes (`db.writer`), so that the accepts queued behind it wait for one chunk at most.
-    # The URL's token was checked by the guard.
-    applied, unknown = 0, []
-    for entries in service.report_chunks(data, raw):
-        async with svc.reader.connect() as conn:
-            chunk = await conn.run_sync(service.read_reports, owner=owner, entries=entries)
-        applied += await svc.writer.transaction(service.apply_reports, chunk)
-        unknown += chunk.unknown
+    # On SQLite one POST at a time: every chunk's write waits for the one writer anyway, and
+    # POSTs read and decided side by side only held the event loop, and queued chunks ahead
+    # of the accepts, longer (e2e Infobip p99 112-131 ms against 156-508 ms). On PostgreSQL
+    # the POSTs are written on connections of their own.
+    async with svc.report_turn or contextlib.nullcontext():
+        raw = await _raw_results(request)
+        # Each chunk resolved and decided on a read connection, then written through the
+        # process's writer: on SQLite one call on its thread that holds the lock only while
+        # it writes (`db.writer`), so the accepts queued behind it wait for one chunk at
+        # most. The URL's token was checked by the guard.
+        applied, unknown = 0, []
+        for entries in service.report_chunks(data, raw):
+            async with svc.reader.connect() as conn:
+                chunk = await conn.run_sync(service.read_reports, owner=owner, entries=entries)
+            applied += await svc.writer.transaction(service.apply_reports, chunk)
+            unknown += chunk.unknown
     return service.reports_answer(
         owner=owner, received=len(data.results), applied=applied, unknown=unknown
     )

@@ -77,9 +77,9 @@ def test_accept_batches_waiting_together_commit_together_and_a_failing_one_is_ro
     asyncio.run(run())
 
 
-def test_a_transaction_runs_alone_taking_turns_with_the_accept_batches(tmp_path: Path) -> None:
+def test_transactions_are_never_grouped_with_accept_batches(tmp_path: Path) -> None:
     """A transaction (a chunk of reports, a worker's step: hundreds of rows) is never grouped
-    with accept batches, which would wait for its whole run; the two take turns."""
+    with accept batches, which would wait for its whole run; the two kinds take turns."""
     ran: list[tuple[str, bool]] = []  # (job, whether it ran in a savepoint of a group)
 
     def job(conn: Connection, name: str) -> None:
@@ -118,20 +118,20 @@ def test_a_transaction_runs_alone_taking_turns_with_the_accept_batches(tmp_path:
 
     asyncio.run(run())
     # After a transaction, the batches that waited, in one group (each in its savepoint),
-    # although two of them were queued after a transaction; then the transactions, each alone.
+    # although the first was queued after a transaction; then the transactions' group.
     assert ran == [
         ("accept batch 1", True),
         ("accept batch 2", True),
         ("accept batch 3", True),
-        ("report chunk 1", False),
-        ("report chunk 2", False),
+        ("report chunk 1", True),
+        ("report chunk 2", True),
     ]
 
 
 def test_accept_batches_and_transactions_alternate_while_both_keep_coming(
     tmp_path: Path,
 ) -> None:
-    """Neither starves the other: after a group of batches the oldest transaction runs."""
+    """Neither starves the other: after a group of batches the transactions' turn comes."""
     ran: list[str] = []
 
     def job(conn: Connection, name: str) -> None:
@@ -160,9 +160,8 @@ def test_accept_batches_and_transactions_alternate_while_both_keep_coming(
             await writer.close()
 
     asyncio.run(run())
-    # The blocking batch was an accept group: a transaction next, then the batches, then the
-    # other transaction.
-    assert ran == ["t1", "a1", "a2", "t2"]
+    # The blocking batch was an accept group: the transactions next, then the batches.
+    assert ran == ["t1", "t2", "a1", "a2"]
 
 
 def test_a_closed_writer_refuses_new_jobs(tmp_path: Path) -> None:

@@ -145,8 +145,9 @@ class SqliteWriter:
     Accept batches that queue up while a job runs are written together (group commit): one
     BEGIN IMMEDIATE, each batch in a savepoint of its own (one that fails is rolled back
     alone), one COMMIT and its fsync for all; each result is handed over once that commit is
-    done. A batch alone runs as it is (one statement, its own transaction). A `transaction`
-    job always runs alone, taking turns with the accepts' groups (`_next_group`).
+    done. A batch alone runs as it is (one statement, its own transaction). `transaction`
+    jobs are grouped the same way, but never with accept batches: the two kinds take turns
+    (`_next_group`).
     """
 
     def __init__(self, url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
@@ -292,17 +293,18 @@ class SqliteWriter:
 
 def _next_group(waiting: list[_Job], *, after_accepts: bool) -> list[_Job]:
     """Take the jobs the next commit writes out of `waiting`: the accept batches (`submit`),
-    up to MAX_GROUP, together; a transaction (`transaction`) alone.
+    or the transactions (`transaction`), up to MAX_GROUP of one kind, never both.
 
     A transaction may be a step of hundreds of rows (a chunk of delivery reports, of a
     worker's outcomes): grouped with accept batches, it made each of them wait for its whole
-    run, and on a busy machine for the time its thread was not scheduled. The accepts and
-    the transactions take turns, so that neither waits for more than one of the other.
+    run, and on a busy machine for the time its thread was not scheduled. The two kinds take
+    turns, so that neither waits for more than one group of the other. (Transactions still
+    share commits with each other: a worker's steps and its webhook deliveries' did, one
+    fsync for several.)
     """
     accepts = [job for job in waiting if not job.transactional][:MAX_GROUP]
-    transaction = next((job for job in waiting if job.transactional), None)
-    alone = transaction is not None and (after_accepts or not accepts)
-    group = [transaction] if transaction is not None and alone else accepts
+    transactions = [job for job in waiting if job.transactional][:MAX_GROUP]
+    group = transactions if transactions and (after_accepts or not accepts) else accepts
     taken = {id(job) for job in group}
     waiting[:] = [job for job in waiting if id(job) not in taken]
     return group

@@ -1,5 +1,5 @@
-"""The process's SQLite writer: accept batches that queue up are committed together, each one
-isolated; transactions run alone, in turn with them."""
+"""The process's SQLite writer: jobs of one kind that queue up are committed together, each one
+isolated; accept batches and transactions never share a commit and take turns."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Connection, text
@@ -77,6 +76,26 @@ def test_accept_batches_waiting_together_commit_together_and_a_failing_one_is_ro
     asyncio.run(run())
 
 
+async def _hold(
+    writer: SqliteWriter, *, transaction: bool
+) -> tuple[asyncio.Future[None], threading.Event]:
+    """Occupy the writer thread with one job (a transaction or an accept batch) until the
+    event returned is set; the jobs queued meanwhile wait together."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold(conn: Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    blocker = (
+        asyncio.ensure_future(writer.transaction(hold))
+        if transaction
+        else asyncio.wrap_future(writer.submit(hold))
+    )
+    assert await asyncio.to_thread(started.wait, 10)
+    return blocker, release
+
+
 def test_transactions_are_never_grouped_with_accept_batches(tmp_path: Path) -> None:
     """A transaction (a chunk of reports, a worker's step: hundreds of rows) is never grouped
     with accept batches, which would wait for its whole run; the two kinds take turns."""
@@ -88,14 +107,7 @@ def test_transactions_are_never_grouped_with_accept_batches(tmp_path: Path) -> N
     async def run() -> None:
         writer = SqliteWriter(f"sqlite:///{tmp_path / 'w.db'}")
         try:
-            started, release = threading.Event(), threading.Event()
-
-            def hold(conn: Connection) -> None:
-                started.set()
-                release.wait(10)
-
-            blocker = asyncio.ensure_future(writer.transaction(hold))
-            assert await asyncio.to_thread(started.wait, 10)
+            blocker, release = await _hold(writer, transaction=True)
             # Queued in this order while the writer is busy with a transaction.
             jobs: list[asyncio.Future[None]] = []
             for kind, name in [
@@ -140,14 +152,7 @@ def test_accept_batches_and_transactions_alternate_while_both_keep_coming(
     async def run() -> None:
         writer = SqliteWriter(f"sqlite:///{tmp_path / 'w.db'}")
         try:
-            started, release = threading.Event(), threading.Event()
-
-            def hold(conn: Any) -> None:
-                started.set()
-                release.wait(10)
-
-            blocker = asyncio.wrap_future(writer.submit(hold))
-            assert await asyncio.to_thread(started.wait, 10)
+            blocker, release = await _hold(writer, transaction=False)
             jobs: list[asyncio.Future[None]] = [
                 asyncio.ensure_future(writer.transaction(job, f"t{i}")) for i in (1, 2)
             ]

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon.clock import utcnow
 from pigeon.config import Settings
-from pigeon.db.engine import is_sqlite, reader_for
+from pigeon.db.engine import reader_for
 from pigeon.db.errors import unavailable
 from pigeon.db.writer import Writer, writer_for
 from pigeon.dispatch import outcomes as writes
@@ -91,8 +91,8 @@ class Worker:
         self.engine = engine
         # Where the rows a status change is decided on are read, before its write transaction
         # (on SQLite a read-only engine: the main one's transactions take the write lock).
-        self._owns_reader = reader is None and is_sqlite(engine)
         self.reader = reader or reader_for(engine, settings.database_url)
+        self._owns_reader = reader is None and self.reader is not engine
         self.settings = settings
         self.registry = registry or ProviderRegistry(settings)
         # The process's writer (shared with the accept path in `pigeon serve`), or its own.

@@ -9,7 +9,10 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 
+from pigeon.db.revisions import MIGRATIONS, code_heads
 from tests.conftest import DATABASES, make_server
 from tests.databases import execute
 
@@ -41,6 +44,13 @@ def test_ready_when_migrated_and_503_when_migrations_are_behind(tmp_path: Path) 
         assert httpx.get(f"{srv.base_url}/ready", timeout=10).status_code == 200
     finally:
         srv.stop()
+
+
+def test_the_heads_ready_wants_are_the_ones_alembic_migrates_to() -> None:
+    # /ready reads them from the version scripts without Alembic (see pigeon.db.revisions).
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert code_heads() == tuple(sorted(ScriptDirectory.from_config(config).get_heads()))
 
 
 @pytest.mark.skipif(DATABASES.engine != "postgresql", reason="drops a PostgreSQL database")

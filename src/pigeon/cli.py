@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
+import multiprocessing
 import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pigeon.accounts import service as accounts
@@ -55,27 +54,12 @@ def _server_settings(settings: Settings) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _schema_heads(conn: Connection) -> tuple[str, ...]:
-    from alembic.runtime.migration import MigrationContext
-
-    return tuple(sorted(MigrationContext.configure(conn).get_current_heads()))
-
-
-async def _not_migrated(settings: Settings, conn: AsyncConnection) -> str | None:
+async def _not_migrated(conn: AsyncConnection) -> str | None:
     """Why this database cannot be used by this code yet, or None when it is at the head."""
-    # Alembic logs its plugins (on import) and its context at INFO: noise in a command's output.
-    alembic_log = logging.getLogger("alembic")
-    level = alembic_log.level
-    alembic_log.setLevel(logging.WARNING)
-    try:
-        from alembic.script import ScriptDirectory
+    from pigeon.db.revisions import code_heads, database_heads
 
-        from pigeon.db.migrate import alembic_config
-
-        heads = tuple(sorted(ScriptDirectory.from_config(alembic_config(settings)).get_heads()))
-        current = await conn.run_sync(_schema_heads)
-    finally:
-        alembic_log.setLevel(level)
+    heads = code_heads()
+    current = await conn.run_sync(database_heads)
     if current == heads:
         return None
     needs = ", ".join(heads)
@@ -96,7 +80,7 @@ def _in_transaction(settings: Settings, work: Callable[[AsyncConnection], Awaita
         engine = create_engine(settings.database_url, timeout=settings.database_timeout_seconds)
         try:
             async with engine.begin() as conn:
-                problem = await _not_migrated(settings, conn)
+                problem = await _not_migrated(conn)
                 if problem is not None:
                     _fail(f"{problem}: run `pigeon db upgrade` first")
                 return await work(conn)
@@ -130,10 +114,22 @@ def _print(data: dict[str, Any], as_json: bool) -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply the database migrations (safe to run again)."""
+    _upgrade(_settings())
+    typer.echo("database is up to date")
+
+
+def _upgrade(settings: Settings) -> None:
+    """Migrate; a database that cannot be written says why (exit 1), not with a traceback."""
     from pigeon.db.migrate import upgrade
 
-    upgrade(_settings())
-    typer.echo("database is up to date")
+    try:
+        upgrade(settings)
+    except Exception as exc:
+        problem = _unavailable(settings, exc)
+        if problem is None:
+            raise
+        typer.echo(f"error: {problem}", err=True)
+        raise SystemExit(1) from None
 
 
 @accounts_app.command("create")
@@ -271,27 +267,46 @@ def webhooks() -> None:
 def _prepare_database(settings: Settings, *, migrate: bool) -> None:
     """Migrate (unless told not to) and make sure the database takes writes: a server that
     could only answer 503 stops here with the reason instead."""
+    from pigeon.db.errors import check_writable
+
+    if migrate:
+        _upgrade_apart(settings)
+    try:
+        wait = settings.database_timeout_seconds
+        asyncio.run(check_writable(settings.database_url, wait_seconds=wait))
+    except Exception as exc:
+        problem = _unavailable(settings, exc)
+        if problem is None:
+            raise
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _upgrade_apart(settings: Settings) -> None:
+    """`pigeon db upgrade` in a child process of its own: run in the server's, what Alembic
+    and Mako load would stay in its memory for good (7 MB of it). Forked, not spawned: the
+    child needs no executable or module path the server's user may not be allowed to run."""
+    child = multiprocessing.get_context("fork").Process(target=_upgrade, args=(settings,))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise typer.Exit(max(child.exitcode or 1, 1))  # a signal's negative code: 1
+
+
+def _unavailable(settings: Settings, exc: Exception) -> str | None:
+    """What to tell the operator when `exc` says the database cannot be used, else None."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
-    from pigeon.db.errors import check_writable, unavailable_reason
-    from pigeon.db.migrate import upgrade
+    from pigeon.db.errors import unavailable_reason
 
-    try:
-        if migrate:
-            upgrade(settings)
-        asyncio.run(
-            check_writable(settings.database_url, wait_seconds=settings.database_timeout_seconds)
-        )
-    except Exception as exc:
-        reason = unavailable_reason(exc)
-        if reason is None:
-            raise
-        where = make_url(settings.database_url).render_as_string(hide_password=True)
-        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-        error = (str(cause).splitlines() or [type(cause).__name__])[0][:200]
-        typer.echo(f"error: {reason}: Pigeon cannot write to {where} ({error})", err=True)
-        raise typer.Exit(1) from None
+    reason = unavailable_reason(exc)
+    if reason is None:
+        return None
+    where = make_url(settings.database_url).render_as_string(hide_password=True)
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    error = (str(cause).splitlines() or [type(cause).__name__])[0][:200]
+    return f"{reason}: Pigeon cannot write to {where} ({error})"
 
 
 @app.command("serve")

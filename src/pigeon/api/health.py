@@ -4,23 +4,18 @@
 from __future__ import annotations
 
 import asyncio
-from functools import cache
 from typing import Any
 
 import msgspec
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from litestar import Request, Response, get, head
 from litestar.openapi.datastructures import ResponseSpec
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
 
 from pigeon import __version__, metrics
 from pigeon.api import openapi as doc
 from pigeon.api.deps import services
 from pigeon.api.problems import problem
-from pigeon.db.migrate import MIGRATIONS
+from pigeon.db.revisions import code_heads, database_heads
 
 READY_TIMEOUT = 5.0  # a database that takes longer than this to answer is not ready
 
@@ -71,18 +66,6 @@ async def health_head(request: Request[Any, Any, Any]) -> None:
     await health.fn(request)
 
 
-@cache
-def code_heads() -> tuple[str, ...]:
-    """The migration heads this code ships (read once)."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    return tuple(sorted(ScriptDirectory.from_config(config).get_heads()))
-
-
-def _database_heads(conn: Connection) -> tuple[str, ...]:
-    return tuple(sorted(MigrationContext.configure(conn).get_current_heads()))
-
-
 def _reason(exc: BaseException) -> str:
     """A database error in one line, without SQLAlchemy's statement and help link."""
     if isinstance(exc, TimeoutError):
@@ -106,7 +89,7 @@ async def ready(request: Request[Any, Any, Any]) -> Response[Any]:
     svc = services(request)
     try:
         async with asyncio.timeout(READY_TIMEOUT), svc.reader.connect() as conn:
-            current = await conn.run_sync(_database_heads)
+            current = await conn.run_sync(database_heads)
     except Exception as exc:
         return problem(
             503,

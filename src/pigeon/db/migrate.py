@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 
 from pigeon.config import Settings
-
-MIGRATIONS = Path(__file__).parent / "migrations"
+from pigeon.db.revisions import MIGRATIONS
 
 
 def alembic_config(settings: Settings) -> Config:

@@ -105,3 +105,66 @@ def test_the_accept_batch_insert_reuses_its_plan_and_leaves_the_setting_alone(
     assert generic >= 5  # PostgreSQL plans the first five runs for their values, then caches
     assert custom <= 5
     assert mode == "force_custom_plan"
+
+
+def test_bulk_inserts_reuse_their_plans_and_give_the_setting_back_within_the_transaction(
+    tmp_path: Path,
+) -> None:
+    # Each row a bulk insert writes has its foreign keys checked by a query PostgreSQL keeps
+    # prepared; under force_custom_plan it was planned again for every row. The insert runs
+    # with cached plans, and the statements after it in the same transaction are planned for
+    # their values again.
+    from pigeon.db.bulk import insert_rows
+    from pigeon.db.migrate import upgrade
+    from pigeon.db.tables import message_events
+    from pigeon.demo import DEMO_ACCOUNT_ID, seed_demo
+    from pigeon.ids import new_message_id
+    from pigeon.messages.pg_batch import run_batch
+    from pigeon.messages.plan import message_row
+    from pigeon.messages.rules import Draft
+
+    settings = Settings(database_url=DATABASES.new_url(tmp_path), secret_key="plans-test")
+    upgrade(settings)
+    insert_plans = (
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+        " WHERE statement LIKE 'INSERT INTO \"message_events\"%'"
+    )
+    draft = Draft(
+        DEMO_ACCOUNT_ID, "sms", "app", None, "38598123456", "platform", "Pigeon", {"text": "x"}
+    )
+    ids = [new_message_id() for _ in range(10)]
+
+    async def scenario() -> tuple[int, int, list[str], int]:
+        engine = create_engine(settings.database_url)
+        try:
+            await seed_demo(engine, settings)
+            modes = []
+            async with engine.connect() as conn:
+                async with conn.begin():
+                    rows = [message_row(i, draft, utcnow()) for i in ids]
+                    await conn.run_sync(run_batch, rows, [None] * len(rows))
+                for message_id in ids:
+                    async with conn.begin():
+                        history = {
+                            "message_id": message_id,
+                            "status_id": 7,
+                            "source": "worker",
+                            "at": utcnow(),
+                            "detail": None,
+                        }
+                        await conn.run_sync(insert_rows, message_events, [history])
+                        show = text("SHOW plan_cache_mode")
+                        modes.append((await conn.execute(show)).scalar_one())
+                generic, custom = (await conn.execute(text(insert_plans))).one()
+                count = text("SELECT count(*) FROM message_events WHERE status_id = 7")
+                written = (await conn.execute(count)).scalar_one()
+                await conn.rollback()
+            return int(generic), int(custom), modes, int(written)
+        finally:
+            await engine.dispose()
+
+    generic, custom, modes, written = asyncio.run(scenario())
+    assert written == 10
+    assert generic >= 5
+    assert custom <= 5
+    assert set(modes) == {"force_custom_plan"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -46,15 +47,69 @@ def test_delivery_reports_look_messages_up_by_id_and_provider_id(tmp_path: Path)
     # index of messages for every webhook call.
     settings = Settings(database_url=DATABASES.new_url(tmp_path))
     upgrade(settings)
-    query = report_lookup({"2250be2d4219-3af1-78856-aabe-1362af1edfd2", "36871234"})
-    sql = str(query.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    reported = {"2250be2d4219-3af1-78856-aabe-1362af1edfd2", "36871234"}
     path = settings.sqlite_path()
     assert path is not None
-    with sqlite3.connect(path) as conn:
-        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    searches = {}
+    for by_provider in (False, True):
+        query = report_lookup(reported, "sqlite", by_provider=by_provider)
+        sql = str(query.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+        with sqlite3.connect(path) as conn:
+            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        searches[by_provider] = [step for step in plan if step.startswith(("SEARCH", "SCAN"))]
+    assert searches == {
+        False: ["SEARCH messages USING INDEX sqlite_autoindex_messages_1 (id=?)"],
+        True: [f"SEARCH messages USING INDEX {PROVIDER_INDEX} (provider_message_id=?)"],
+    }
 
-    searches = [step for step in plan if step.startswith(("SEARCH", "SCAN"))]
-    assert searches == [
-        "SEARCH messages USING INDEX sqlite_autoindex_messages_1 (id=?)",
-        f"SEARCH messages USING INDEX {PROVIDER_INDEX} (provider_message_id=?)",
-    ]
+
+@pytest.mark.skipif(DATABASES.engine != "postgresql", reason="PostgreSQL's planner")
+def test_a_chunk_of_reports_is_looked_up_through_the_indexes_on_postgresql(
+    tmp_path: Path,
+) -> None:
+    # As one OR of two IN lists of 250 ids, PostgreSQL (its default costs, the table analyzed)
+    # chose a sequential scan of every message until the table held a few hundred thousand.
+    import asyncio
+
+    from sqlalchemy import text
+
+    from pigeon.db.engine import create_engine
+
+    settings = Settings(database_url=DATABASES.new_url(tmp_path))
+    upgrade(settings)
+    sent = {str(10**9 + i) for i in range(30_001, 30_251)}
+
+    async def plans() -> list[list[str]]:
+        engine = create_engine(settings.database_url)
+
+        async def explain(conn: Any, by_provider: bool) -> list[str]:
+            query = report_lookup(sent, "postgresql", by_provider=by_provider)
+            compiled = query.compile(dialect=engine.dialect)
+            parameters = tuple(compiled.params[name] for name in compiled.positiontup or ())
+            explained = await conn.exec_driver_sql(f"EXPLAIN {compiled}", parameters)
+            return [row[0] for row in explained]
+
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO accounts VALUES ('a', 'a', now())"))
+                await conn.execute(
+                    text(
+                        "INSERT INTO messages (id, account_id, channel, recipient_type,"
+                        " destination, route, content, status_id, group_id, attempts,"
+                        " next_attempt_at, created_at, updated_at, provider_message_id)"
+                        " SELECT (1000000000 + i)::text, 'a', 'sms', 'app', '385', 'platform',"
+                        " '{}', 7, 3, 1, now(), now(), now(), (1000000000 + i)::text"
+                        " FROM generate_series(1, 40000) i"
+                    )
+                )
+            async with engine.connect() as conn:
+                await conn.execute(text("ANALYZE messages"))
+                return [await explain(conn, False), await explain(conn, True)]
+        finally:
+            await engine.dispose()
+
+    by_id, by_provider = asyncio.run(plans())
+    assert not [step for step in by_id if "Seq Scan" in step], by_id
+    assert any("pk_messages" in step for step in by_id), by_id
+    assert not [step for step in by_provider if "Seq Scan" in step], by_provider
+    assert any(PROVIDER_INDEX in step for step in by_provider), by_provider

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Select, any_, bindparam, select
+from sqlalchemy import ColumnElement, Connection, Select, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -57,8 +57,11 @@ _FACTS = ("account_id", "channel", "destination", "recipient_type", "recipient_i
 _SHOWN = ("error", "sent_at", "done_at")
 
 
-def message_states(ids: list[str], dialect: str) -> Select[Any]:
-    """The rows' state that a change is decided on (`decide_moves`), in id order."""
+def message_states(
+    ids: list[str], dialect: str, *, by: ColumnElement[str] = messages.c.id
+) -> Select[Any]:
+    """The rows' state that a change is decided on (`decide_moves`), in id order: the rows
+    whose `by` (their id, or another column of the same type) is one of `ids`."""
     query = select(
         messages.c.id,
         messages.c.status_id,
@@ -69,9 +72,9 @@ def message_states(ids: list[str], dialect: str) -> Select[Any]:
     if dialect == "postgresql":
         # One array parameter: a thousand ids do not become a thousand bind parameters.
         listed = bindparam("ids", ids, type_=ARRAY(messages.c.id.type))
-        query = query.where(messages.c.id == any_(listed))
+        query = query.where(by == any_(listed))
     else:
-        query = query.where(messages.c.id.in_(ids))
+        query = query.where(by.in_(ids))
     return query.order_by(messages.c.id)
 
 

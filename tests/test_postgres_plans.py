@@ -21,6 +21,35 @@ PLANS = (
 )
 
 
+def _migrated(tmp_path: Path) -> Settings:
+    """Settings for a new database at the code's migration head."""
+    from pigeon.db.migrate import upgrade
+
+    settings = Settings(database_url=DATABASES.new_url(tmp_path), secret_key="plans-test")
+    upgrade(settings)
+    return settings
+
+
+def _demo_message(message_id: str) -> dict[str, Any]:
+    """A message row of the demo tenant's, as the accept path plans one."""
+    from pigeon.demo import DEMO_ACCOUNT_ID
+    from pigeon.messages.plan import message_row
+    from pigeon.messages.rules import Draft
+
+    draft = Draft(
+        DEMO_ACCOUNT_ID, "sms", "app", None, "38598123456", "platform", "Pigeon", {"text": "x"}
+    )
+    return message_row(message_id, draft, utcnow())
+
+
+def _plans_of(statement_like: str) -> str:
+    """How often the prepared statements like it ran on a cached plan and on a custom one."""
+    return (
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+        f" WHERE statement LIKE '{statement_like}'"
+    )
+
+
 def test_a_read_prepared_on_an_empty_table_is_not_stuck_with_its_first_plan(
     tmp_path: Path,
 ) -> None:
@@ -63,26 +92,18 @@ def test_the_accept_batch_insert_reuses_its_plan_and_leaves_the_setting_alone(
     # The accept path's insert takes its rows as JSON parameters: its plan depends on no
     # value, and planning it for each batch cost PostgreSQL more than running it. It is let
     # use a cached plan for its own transaction only; reads after it are planned anew.
-    from pigeon.db.migrate import upgrade
-    from pigeon.demo import DEMO_ACCOUNT_ID, seed_demo
+    from pigeon.demo import seed_demo
     from pigeon.ids import new_message_id
     from pigeon.messages.pg_batch import run_batch
-    from pigeon.messages.plan import message_row
-    from pigeon.messages.rules import Draft
 
-    settings = Settings(database_url=DATABASES.new_url(tmp_path), secret_key="plans-test")
-    upgrade(settings)
+    settings = _migrated(tmp_path)
     batch_plans = (
-        "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
-        " WHERE statement LIKE '%INSERT INTO idempotency_keys%'"
-        " AND statement NOT LIKE '%pg_prepared_statements%'"
+        _plans_of("%INSERT INTO idempotency_keys%")
+        + " AND statement NOT LIKE '%pg_prepared_statements%'"
     )
 
     def message() -> dict[str, Any]:
-        draft = Draft(
-            DEMO_ACCOUNT_ID, "sms", "app", None, "38598123456", "platform", "Pigeon", {"text": "x"}
-        )
-        return message_row(new_message_id(), draft, utcnow())
+        return _demo_message(new_message_id())
 
     async def scenario() -> tuple[int, int, str, int]:
         engine = create_engine(settings.database_url)
@@ -115,23 +136,13 @@ def test_bulk_inserts_reuse_their_plans_and_give_the_setting_back_within_the_tra
     # with cached plans, and the statements after it in the same transaction are planned for
     # their values again.
     from pigeon.db.bulk import insert_rows
-    from pigeon.db.migrate import upgrade
     from pigeon.db.tables import message_events
-    from pigeon.demo import DEMO_ACCOUNT_ID, seed_demo
+    from pigeon.demo import seed_demo
     from pigeon.ids import new_message_id
     from pigeon.messages.pg_batch import run_batch
-    from pigeon.messages.plan import message_row
-    from pigeon.messages.rules import Draft
 
-    settings = Settings(database_url=DATABASES.new_url(tmp_path), secret_key="plans-test")
-    upgrade(settings)
-    insert_plans = (
-        "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
-        " WHERE statement LIKE 'INSERT INTO \"message_events\"%'"
-    )
-    draft = Draft(
-        DEMO_ACCOUNT_ID, "sms", "app", None, "38598123456", "platform", "Pigeon", {"text": "x"}
-    )
+    settings = _migrated(tmp_path)
+    insert_plans = _plans_of('INSERT INTO "message_events"%')
     ids = [new_message_id() for _ in range(10)]
 
     async def scenario() -> tuple[int, int, list[str], int]:
@@ -141,7 +152,7 @@ def test_bulk_inserts_reuse_their_plans_and_give_the_setting_back_within_the_tra
             modes = []
             async with engine.connect() as conn:
                 async with conn.begin():
-                    rows = [message_row(i, draft, utcnow()) for i in ids]
+                    rows = [_demo_message(i) for i in ids]
                     await conn.run_sync(run_batch, rows, [None] * len(rows))
                 for message_id in ids:
                     async with conn.begin():

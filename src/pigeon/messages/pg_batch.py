@@ -20,11 +20,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from pigeon.db.bulk import pg_recordset, pg_rows, pg_values, quoted
+from pigeon.db.bulk import CACHED_PLANS, pg_recordset, pg_rows, pg_values, quoted
 from pigeon.db.tables import idempotency_keys, messages
 from pigeon.idempotency.store import KeyInUse, replace_expired
-
-CACHED_PLANS = "SET LOCAL plan_cache_mode = auto"
 
 
 @cache

@@ -232,3 +232,63 @@ def test_writers_of_one_file_take_turns_on_its_lock_file_and_give_up_past_their_
             await writer.close()
 
     asyncio.run(run())
+
+
+def test_what_a_commit_counts_runs_after_the_turn_and_only_if_it_committed(
+    tmp_path: Path,
+) -> None:
+    """`metrics.on_commit` work (counting final statuses) does not hold the file: it runs once
+    the transaction has committed and the writer's turn is over, before its result is handed
+    over; a job rolled back, alone or in a group, counts nothing."""
+    from pigeon import metrics
+
+    database = tmp_path / "w.db"
+    counted: list[tuple[int, bool, list[int]]] = []
+
+    def count(value: int) -> None:
+        # Another process could take the turn now, and would see the row.
+        lock = os.open(f"{database}-writer.lock", os.O_RDWR)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free = True
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        except BlockingIOError:
+            free = False
+        finally:
+            os.close(lock)
+        with sqlite3.connect(database) as other:
+            seen = [row[0] for row in other.execute("SELECT x FROM t ORDER BY x")]
+        counted.append((value, free, seen))
+
+    def counting(conn: Connection, value: int, fail: bool = False) -> int:
+        metrics.on_commit(conn, lambda: count(value))
+        return _insert(conn, value, fail=fail)
+
+    async def run() -> None:
+        writer = SqliteWriter(f"sqlite:///{database}")
+        try:
+            await writer.transaction(_create)
+            assert await writer.transaction(counting, 1) == 1
+            assert counted == [(1, True, [1])]  # before the result came back
+            with pytest.raises(ValueError, match="fails after"):
+                await writer.transaction(counting, 2, fail=True)
+            # Three transactions queued behind a blocker share one commit; the failing one's
+            # count goes with its savepoint.
+            release = threading.Event()
+            blocker = asyncio.ensure_future(writer.transaction(lambda conn: release.wait(10)))
+            await asyncio.sleep(0.05)
+            jobs = [
+                asyncio.ensure_future(writer.transaction(counting, 3)),
+                asyncio.ensure_future(writer.transaction(counting, 4, True)),
+                asyncio.ensure_future(writer.transaction(counting, 5)),
+            ]
+            await asyncio.sleep(0.05)
+            release.set()
+            await blocker
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            assert results[0] == 3 and isinstance(results[1], ValueError) and results[2] == 5
+            assert counted == [(1, True, [1]), (3, True, [1, 3, 5]), (5, True, [1, 3, 5])]
+        finally:
+            await writer.close()
+
+    asyncio.run(run())

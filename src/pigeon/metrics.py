@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pigeon.clock import utcnow
 from pigeon.db.tables import messages
+from pigeon.db.writer import AFTER_TURN
 from pigeon.multiproc import ENV
 
 log = structlog.get_logger("pigeon.metrics")
@@ -157,10 +158,20 @@ class Final:
 
 
 def count_finals(finals: Iterable[Final]) -> None:
+    """Count a transaction's final statuses: each (channel, group) once, however many.
+
+    In multiprocess mode every `inc` and `observe` is a locked write to a file's mapping, and
+    each `labels` a locked lookup: 13.5 us per message, counted one by one; 7 so.
+    """
+    finals = list(finals)
+    for (channel, group), count in Tally((f.channel, f.group) for f in finals).items():
+        MESSAGES_FINAL.labels(channel, group).inc(count)
+    durations: dict[str, Any] = {}
     for final in finals:
-        MESSAGES_FINAL.labels(final.channel, final.group).inc()
-        seconds = (final.done_at - final.created_at).total_seconds()
-        DELIVERY_SECONDS.labels(final.channel).observe(max(seconds, 0.0))
+        histogram = durations.get(final.channel)
+        if histogram is None:
+            histogram = durations[final.channel] = DELIVERY_SECONDS.labels(final.channel)
+        histogram.observe(max((final.done_at - final.created_at).total_seconds(), 0.0))
 
 
 def count_reports(provider: str, applied: int, unknown: int, stale: int) -> None:
@@ -179,7 +190,18 @@ def on_commit(conn: AsyncConnection | Connection, count: Callable[[], None]) -> 
 
 @event.listens_for(Engine, "commit")
 def _committed(connection: Connection) -> None:
-    for count in connection.info.pop(_PENDING, ()):
+    counts = connection.info.pop(_PENDING, ())
+    if not counts:
+        return
+    later = connection.info.get(AFTER_TURN)
+    if later is not None:  # SQLite's writer: once it has committed and ended its turn
+        later.append(lambda: _count(counts))
+    else:
+        _count(counts)
+
+
+def _count(counts: Iterable[Callable[[], None]]) -> None:
+    for count in counts:
         try:
             count()
         except Exception:  # a metric must never fail a commit

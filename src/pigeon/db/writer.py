@@ -47,6 +47,10 @@ MAX_GROUP = 32  # jobs written in one commit at most
 # turns last milliseconds, never more than TURN_POLL_MAX.
 TURN_POLL_FIRST = 0.0001
 TURN_POLL_MAX = 0.001
+# A list in a writer connection's `info`: what its jobs left to run once their commit is done
+# and the turn given back (`metrics.on_commit`'s counting, which SQLAlchemy's commit event
+# would otherwise run before the COMMIT, with the file's lock held).
+AFTER_TURN = "pigeon.db.after_turn"
 
 
 class Writer(Protocol):
@@ -219,13 +223,15 @@ class SqliteWriter:
 
     def _run_group(self, group: list[_Job]) -> None:
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        after: list[Callable[[], None]] = []
         try:
             if self._turns is not None:
                 self._turns.take()
             try:
                 conn = self._connection()
+                conn.info[AFTER_TURN] = after
                 if len(group) == 1:
-                    outcomes.append(self._alone(conn, group[0]))
+                    outcomes.append(self._alone(conn, group[0], after))
                 else:
                     with conn.begin():
                         outcomes = [self._in_savepoint(conn, job) for job in group]
@@ -236,6 +242,10 @@ class SqliteWriter:
             if _broken(exc):
                 self._close(broken=True)  # the next job starts on a new connection
             outcomes = [(job, None, exc) for job in group]
+            after.clear()
+        # Before the results are handed over: a caller sees its commit counted.
+        for then in after:
+            then()
         for job, result, error in outcomes:
             if not job.future.set_running_or_notify_cancel():
                 continue
@@ -244,13 +254,16 @@ class SqliteWriter:
             else:
                 job.future.set_exception(error)
 
-    def _alone(self, conn: Connection, job: _Job) -> tuple[_Job, Any, BaseException | None]:
+    def _alone(
+        self, conn: Connection, job: _Job, after: list[Callable[[], None]]
+    ) -> tuple[_Job, Any, BaseException | None]:
         try:
             if job.transactional:
                 with conn.begin():
                     return job, job.work(conn, *job.args, **job.kwargs), None
             return job, job.work(conn, *job.args, **job.kwargs), None
         except Exception as exc:
+            after.clear()  # its COMMIT may have failed after SQLAlchemy's commit event
             if _broken(exc):
                 self._close(broken=True)
             return job, None, exc
@@ -258,7 +271,11 @@ class SqliteWriter:
     def _in_savepoint(self, conn: Connection, job: _Job) -> tuple[_Job, Any, BaseException | None]:
         # What a job leaves in conn.info (work to do on commit: metrics.on_commit) goes with
         # it when it is rolled back alone.
-        info = {key: list(v) if isinstance(v, list) else v for key, v in conn.info.items()}
+        # (AFTER_TURN is the group's, kept as it is: only the group's COMMIT adds to it.)
+        info = {
+            key: list(v) if isinstance(v, list) and key != AFTER_TURN else v
+            for key, v in conn.info.items()
+        }
         savepoint = conn.begin_nested()
         try:
             result = job.work(conn, *job.args, **job.kwargs)

@@ -3,20 +3,42 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
-from sqlalchemy import BindParameter, Connection, Text, bindparam, or_, select, type_coerce, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Row,
+    Text,
+    bindparam,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 
 from pigeon.clock import utcnow
 from pigeon.db.tables import messages
 from pigeon.messages import status
+from pigeon.messages.reports import STATE_COLUMNS
 from pigeon.providers.base import Outbound
+
+
+class Claimed(NamedTuple):
+    """A leased message: what the provider is given, the provider's id if one is stored (it
+    was sent before), and the row's state as claimed (what its status change is decided on,
+    `messages.reports.decide_moves`)."""
+
+    message: Outbound
+    provider_message_id: str | None
+    state: Row[Any]
 
 
 def _claim() -> Any:
     """The claim, built once: due rows, leased, their content as the JSON text it is stored as
-    (on SQLite decoded by msgspec, not row by row by SQLAlchemy's JSON type)."""
+    (on SQLite decoded by msgspec, not row by row by SQLAlchemy's JSON type), and the state
+    their status changes are decided on (no second read of the same rows after the send)."""
     now: BindParameter[datetime] = bindparam("now")
     due = (
         select(messages.c.id)
@@ -42,8 +64,13 @@ def _claim() -> Any:
             type_coerce(messages.c.content, Text),
             messages.c.route,
             messages.c.provider_message_id,
+            *(column for column in STATE_COLUMNS if column.name not in _OUTBOUND),
         )
     )
+
+
+# The state columns the claim returns anyway, as Outbound's fields.
+_OUTBOUND = {"id", "account_id", "channel", "destination"}
 
 
 _CLAIM = _claim()
@@ -51,9 +78,8 @@ _CLAIM = _claim()
 
 def claim_due_messages(
     conn: Connection, *, worker_id: str, limit: int, lease_seconds: float
-) -> list[tuple[Outbound, str | None]]:
-    """Lease up to `limit` due messages to this worker, in the caller's transaction; each
-    with its stored provider id.
+) -> list[Claimed]:
+    """Lease up to `limit` due messages to this worker, in the caller's transaction.
 
     On PostgreSQL the candidates are locked with SKIP LOCKED, so concurrent workers take
     disjoint batches without waiting for each other; SQLite has one writer at a time anyway.
@@ -69,9 +95,12 @@ def claim_due_messages(
             "until": now + timedelta(seconds=lease_seconds),
         },
     )
-    # The RETURNING columns are Outbound's fields in order, then the stored provider id.
+    # The RETURNING columns are Outbound's fields in order, then the stored provider id, then
+    # the rest of the state (named as `message_states` names them).
     return [
-        (Outbound(row[0], row[1], row[2], row[3], row[4], _content(row[5]), row[6]), row[7])
+        Claimed(
+            Outbound(row[0], row[1], row[2], row[3], row[4], _content(row[5]), row[6]), row[7], row
+        )
         for row in rows
     ]
 

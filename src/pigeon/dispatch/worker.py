@@ -8,9 +8,10 @@ import os
 import socket
 from collections import defaultdict, deque
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pigeon.clock import utcnow
@@ -20,13 +21,13 @@ from pigeon.db.errors import unavailable
 from pigeon.db.writer import Writer, writer_for
 from pigeon.dispatch import outcomes as writes
 from pigeon.dispatch.cdp_sync import run_sync_jobs
-from pigeon.dispatch.claims import claim_due_messages
+from pigeon.dispatch.claims import Claimed, claim_due_messages
 from pigeon.dispatch.registry import ProviderRegistry
 from pigeon.ids import new_token
 from pigeon.messages import status
-from pigeon.messages.reports import decide_moves, read_states
+from pigeon.messages.reports import StatusReport, decide_moves, read_states
 from pigeon.messages.whatsapp import PLATFORM
-from pigeon.providers.base import Outbound, SendOutcome, provider_error
+from pigeon.providers.base import Outbound, Provider, SendOutcome, provider_error
 
 log = structlog.get_logger("pigeon.worker")
 T = TypeVar("T")
@@ -70,6 +71,12 @@ def tune_gc_for_batches() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def _polled(conn: Connection, provider: Provider) -> tuple[list[StatusReport], Sequence[Any]]:
+    """A polled provider's reports and their rows' state, in one call on the reader."""
+    reports = provider.poll_reports(conn)
+    return reports, read_states(conn, [r.message_id for r in reports])
 
 
 def _chunks(items: Sequence[T]) -> list[list[T]]:
@@ -185,8 +192,7 @@ class Worker:
             # The reports and the rows' state from one snapshot, decided outside the write
             # transaction, which then only checks that the rows are still so.
             async with self.reader.connect() as conn:
-                reports = await conn.run_sync(provider.poll_reports)
-                rows = await conn.run_sync(read_states, [r.message_id for r in reports])
+                reports, rows = await conn.run_sync(_polled, provider)
             by_id = {row.id: row for row in rows}
             for i, chunk in enumerate(_chunks(reports)):
                 if i:
@@ -201,23 +207,29 @@ class Worker:
                 )
         return applied
 
-    async def dispatch(self, claimed: Sequence[tuple[Outbound, str | None]]) -> None:
+    async def dispatch(self, claimed: Sequence[Claimed]) -> None:
         """Send claimed messages, one provider call per account and channel, concurrently."""
         groups: dict[tuple[str, str], list[Outbound]] = defaultdict(list)
         already_sent: list[tuple[Outbound, str]] = []
-        for message, provider_message_id in claimed:
+        # Each row's state as claimed, taken by the first record of its outcome (a later one,
+        # after a failover, reads the row as that record left it).
+        states = {}
+        for message, provider_message_id, state in claimed:
             if provider_message_id is not None:
                 already_sent.append((message, provider_message_id))
                 continue
             owner = message.account_id if message.route == "tenant" else PLATFORM
             groups[(owner, message.channel)].append(message)
+            states[message.message_id] = state
         if already_sent:
             await self._move_on(already_sent)
         await asyncio.gather(
-            *(self._send_group(owner, group) for (owner, _), group in groups.items())
+            *(self._send_group(owner, group, states) for (owner, _), group in groups.items())
         )
 
-    async def _send_group(self, owner: str, group: list[Outbound]) -> None:
+    async def _send_group(
+        self, owner: str, group: list[Outbound], states: dict[str, Any] | None = None
+    ) -> None:
         channel = group[0].channel
         # Only a first use writes (it may create the platform's webhook token): the connection
         # begins its transaction, and takes SQLite's write lock, at its first statement.
@@ -228,12 +240,14 @@ class Worker:
             outcomes = [
                 SendOutcome(m.message_id, status.REJECTED, error=NO_ACCOUNT_ERROR) for m in group
             ]
-            await self._record(group, outcomes, provider_name="none")
+            await self._record(group, outcomes, provider_name="none", states=states)
             return
         routed = await route.send(group)
         passed = routed.passed
         for leg in routed.legs:
-            await self._record(group, leg.outcomes, provider_name=leg.provider, passed=passed)
+            await self._record(
+                group, leg.outcomes, provider_name=leg.provider, passed=passed, states=states
+            )
             passed = []
             log.info(
                 "batch sent",
@@ -256,20 +270,29 @@ class Worker:
         *,
         provider_name: str,
         passed: Sequence[tuple[str, SendOutcome]] = (),
+        states: dict[str, Any] | None = None,
     ) -> None:
         """An attempt row per message, then new statuses or retries, in bulk: one transaction
         per WRITE_CHUNK messages.
 
         `passed` are earlier providers' transient answers that the route failed over from:
-        attempt rows only.
+        attempt rows only. `states`: rows' states as claimed, each taken (removed) here by its
+        message's outcome; the others are read.
         """
         now = utcnow()
         taken = [o for o in outcomes if not o.transient]
         by_id = {}
-        if taken:
+        unread = []
+        for outcome in taken:
+            state = states.pop(outcome.message_id, None) if states is not None else None
+            if state is None:
+                unread.append(outcome.message_id)
+            else:
+                by_id[outcome.message_id] = state
+        if unread:
             async with self.reader.connect() as conn:
-                rows = await conn.run_sync(read_states, [o.message_id for o in taken])
-            by_id = {row.id: row for row in rows}
+                rows = await conn.run_sync(read_states, unread)
+            by_id.update((row.id, row) for row in rows)
         for i, chunk in enumerate(_chunks(outcomes)):
             if i:
                 await asyncio.sleep(CHUNK_GAP)

@@ -55,6 +55,14 @@ def _detail(report: StatusReport) -> dict[str, Any] | None:
 _FACTS = ("account_id", "channel", "destination", "recipient_type", "recipient_id", "created_at")
 # What a tenant's event shows of the message as the change leaves it.
 _SHOWN = ("error", "sent_at", "done_at")
+# A row's state as `decide_moves` takes it (read by `message_states`, returned by a claim).
+STATE_COLUMNS = (
+    messages.c.id,
+    messages.c.status_id,
+    messages.c.group_id,
+    messages.c.attempts,
+    *(messages.c[name] for name in (*_SHOWN, *_FACTS)),
+)
 
 
 def message_states(
@@ -62,13 +70,7 @@ def message_states(
 ) -> Select[Any]:
     """The rows' state that a change is decided on (`decide_moves`), in id order: the rows
     whose `by` (their id, or another column of the same type) is one of `ids`."""
-    query = select(
-        messages.c.id,
-        messages.c.status_id,
-        messages.c.group_id,
-        messages.c.attempts,
-        *(messages.c[name] for name in (*_SHOWN, *_FACTS)),
-    )
+    query = select(*STATE_COLUMNS)
     if dialect == "postgresql":
         # One array parameter: a thousand ids do not become a thousand bind parameters.
         listed = bindparam("ids", ids, type_=ARRAY(messages.c.id.type))
@@ -137,10 +139,16 @@ def decide_moves(
     sent = sent or {}
     # Each message's current status (to decide with the forward-only rule) and attempt count,
     # what its events show, and its facts.
-    by_id = {row.id: row for row in rows}
-    state = {row.id: [status_for(row.status_id, row.group_id), row.attempts] for row in rows}
+    by_id = {}
+    state = {}
+    moves = Moves()
+    seen = moves.seen
+    for row in rows:  # (a row's attributes are looked up by name: each once)
+        message_id, status_id, attempts = row.id, row.status_id, row.attempts
+        by_id[message_id] = row
+        state[message_id] = [status_for(status_id, row.group_id), attempts]
+        seen[message_id] = (status_id, attempts)
     now = utcnow()
-    moves = Moves(seen={row.id: (row.status_id, row.attempts) for row in rows})
     changes = moves.changes
     for message_id, values in sent.items():
         if message_id in state:

@@ -286,7 +286,9 @@ def test_what_a_commit_counts_runs_after_the_turn_and_only_if_it_committed(
             release.set()
             await blocker
             results = await asyncio.gather(*jobs, return_exceptions=True)
-            assert results[0] == 3 and isinstance(results[1], ValueError) and results[2] == 5
+            assert results[0] == 3
+            assert isinstance(results[1], ValueError)
+            assert results[2] == 5
             assert counted == [(1, True, [1]), (3, True, [1, 3, 5]), (5, True, [1, 3, 5])]
         finally:
             await writer.close()

@@ -14,7 +14,8 @@ from typing import Any
 
 from pigeon.clock import utcnow
 from pigeon.config import Settings
-from pigeon.db.engine import create_engine
+from pigeon.db.engine import create_engine, reader_for
+from pigeon.demo import DEMO_ACCOUNT_ID
 from pigeon.dispatch.outcomes import record_outcomes, sent_moves
 from pigeon.messages import status
 from pigeon.messages.reports import StatusReport, decide_moves, move_statuses, read_states
@@ -104,5 +105,80 @@ def test_a_report_applied_between_the_read_and_the_write_wins(tmp_path: Path) ->
                     ("sms.message.sent", unraced, "PENDING_ENROUTE"),
                 ]
             )
+    finally:
+        server.stop()
+
+
+def test_a_message_is_read_from_one_snapshot_while_its_send_is_recorded(tmp_path: Path) -> None:
+    """GET /v1/messages/{id} reads the message, its history and its attempts in three
+    statements; a send recorded between the first and the others must not show its attempt
+    and history without its status (it did on PostgreSQL under READ COMMITTED)."""
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from pigeon.messages.query import get_message
+
+    server = make_server(tmp_path, "--no-worker")
+    server.start()
+    try:
+        with server.client(DEMO_KEY) as client:
+            sent = client.post(
+                f"/v1/users/{DEMO_ID}/message/sms", json={"content": {"text": "read me"}}
+            )
+            assert sent.status_code == 200, sent.text
+            message_id = sent.json()["messages"][0]["messageId"]
+        url = server.env["PIGEON_DATABASE_URL"]
+
+        async def read_while_recorded() -> tuple[Any, Any]:
+            engine = create_engine(url)
+            reader = reader_for(engine, url)
+            try:
+                reading: list[AsyncConnection] = []
+                execute = AsyncConnection.execute
+
+                async def execute_then_record(self: AsyncConnection, *args: Any, **kw: Any) -> Any:
+                    result = await execute(self, *args, **kw)
+                    if self in reading:  # after the message's row, before the rest
+                        reading.remove(self)
+                        outcome = SendOutcome(message_id, status.ENROUTE, "provider-1")
+                        async with engine.begin() as other:
+                            await other.run_sync(
+                                lambda c: record_outcomes(
+                                    c,
+                                    outcomes=[outcome],
+                                    worker_id="test",
+                                    provider_name="sandbox",
+                                    settings=Settings(),
+                                )
+                            )
+                    return result
+
+                AsyncConnection.execute = execute_then_record  # type: ignore[method-assign]
+                try:
+                    # As the API reads (on SQLite a read-only engine: the writing one's
+                    # transactions take the file's write lock).
+                    async with reader.connect() as conn:
+                        reading.append(conn)
+                        during = await get_message(
+                            conn=conn, account_id=DEMO_ACCOUNT_ID, message_id=message_id
+                        )
+                finally:
+                    AsyncConnection.execute = execute  # type: ignore[method-assign]
+                async with engine.connect() as conn:
+                    after = await get_message(
+                        conn=conn, account_id=DEMO_ACCOUNT_ID, message_id=message_id
+                    )
+                return during, after
+            finally:
+                if reader is not engine:
+                    await reader.dispose()
+                await engine.dispose()
+
+        during, after = asyncio.run(read_while_recorded())
+        assert during.status.name == "PENDING_ACCEPTED"
+        assert [e.status.name for e in during.history] == ["PENDING_ACCEPTED"]
+        assert during.deliveryAttempts == []
+        assert after.status.name == "PENDING_ENROUTE"
+        assert [e.status.name for e in after.history] == ["PENDING_ACCEPTED", "PENDING_ENROUTE"]
+        assert [a.outcome for a in after.deliveryAttempts] == ["accepted"]
     finally:
         server.stop()

@@ -65,7 +65,15 @@ def recipient_filter(value: str) -> str:
 
 
 async def get_message(*, conn: AsyncConnection, account_id: str, message_id: str) -> Message:
-    """One of the tenant's messages with its whole status history."""
+    """One of the tenant's messages with its whole status history, as one snapshot shows it.
+
+    `conn` is a connection not yet in a transaction. On PostgreSQL its transaction is
+    REPEATABLE READ: under READ COMMITTED each of the three reads had a snapshot of its own,
+    and a status change committed between them showed its attempt without its status.
+    (SQLite's read transaction is one snapshot already.)
+    """
+    if conn.dialect.name == "postgresql" and not conn.in_transaction():
+        await conn.execution_options(isolation_level="REPEATABLE READ")
     row = None
     if message_id.isdigit():
         query = select(messages).where(

@@ -27,19 +27,20 @@ def _history(message: dict[str, Any]) -> list[str]:
     return [entry["status"]["name"] for entry in message.get("history", [])]
 
 
+def _sent(client: Any, text: str) -> str:
+    """Send an SMS to the demo User: its message id."""
+    sent = client.post(f"/v1/users/{DEMO_ID}/message/sms", json={"content": {"text": text}})
+    assert sent.status_code == 200, sent.text
+    return str(sent.json()["messages"][0]["messageId"])
+
+
 def test_a_report_applied_between_the_read_and_the_write_wins(tmp_path: Path) -> None:
     server = make_server(tmp_path, "--no-worker")
     server.start()
     try:
         with server.client(DEMO_KEY) as client:
-            sent = client.post(
-                f"/v1/users/{DEMO_ID}/message/sms", json={"content": {"text": "raced"}}
-            )
-            assert sent.status_code == 200, sent.text
-            message_id = sent.json()["messages"][0]["messageId"]
-            unraced = client.post(
-                f"/v1/users/{DEMO_ID}/message/sms", json={"content": {"text": "not raced"}}
-            ).json()["messages"][0]["messageId"]
+            message_id = _sent(client, "raced")
+            unraced = _sent(client, "not raced")
             url = server.env["PIGEON_DATABASE_URL"]
 
             async def race() -> None:
@@ -121,11 +122,7 @@ def test_a_message_is_read_from_one_snapshot_while_its_send_is_recorded(tmp_path
     server.start()
     try:
         with server.client(DEMO_KEY) as client:
-            sent = client.post(
-                f"/v1/users/{DEMO_ID}/message/sms", json={"content": {"text": "read me"}}
-            )
-            assert sent.status_code == 200, sent.text
-            message_id = sent.json()["messages"][0]["messageId"]
+            message_id = _sent(client, "read me")
         url = server.env["PIGEON_DATABASE_URL"]
 
         async def read_while_recorded() -> tuple[Any, Any]:

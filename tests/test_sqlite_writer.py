@@ -274,9 +274,7 @@ def test_what_a_commit_counts_runs_after_the_turn_and_only_if_it_committed(
                 await writer.transaction(counting, 2, fail=True)
             # Three transactions queued behind a blocker share one commit; the failing one's
             # count goes with its savepoint.
-            release = threading.Event()
-            blocker = asyncio.ensure_future(writer.transaction(lambda conn: release.wait(10)))
-            await asyncio.sleep(0.05)
+            blocker, release = await _hold(writer, transaction=True)
             jobs = [
                 asyncio.ensure_future(writer.transaction(counting, 3)),
                 asyncio.ensure_future(writer.transaction(counting, 4, True)),

@@ -227,9 +227,7 @@ class Worker:
             *(self._send_group(owner, group, states) for (owner, _), group in groups.items())
         )
 
-    async def _send_group(
-        self, owner: str, group: list[Outbound], states: dict[str, Any] | None = None
-    ) -> None:
+    async def _send_group(self, owner: str, group: list[Outbound], states: dict[str, Any]) -> None:
         channel = group[0].channel
         # Only a first use writes (it may create the platform's webhook token): the connection
         # begins its transaction, and takes SQLite's write lock, at its first statement.
@@ -270,7 +268,7 @@ class Worker:
         *,
         provider_name: str,
         passed: Sequence[tuple[str, SendOutcome]] = (),
-        states: dict[str, Any] | None = None,
+        states: dict[str, Any],
     ) -> None:
         """An attempt row per message, then new statuses or retries, in bulk: one transaction
         per WRITE_CHUNK messages.
@@ -281,14 +279,8 @@ class Worker:
         """
         now = utcnow()
         taken = [o for o in outcomes if not o.transient]
-        by_id = {}
-        unread = []
-        for outcome in taken:
-            state = states.pop(outcome.message_id, None) if states is not None else None
-            if state is None:
-                unread.append(outcome.message_id)
-            else:
-                by_id[outcome.message_id] = state
+        by_id = {o.message_id: states.pop(o.message_id) for o in taken if o.message_id in states}
+        unread = [o.message_id for o in taken if o.message_id not in by_id]
         if unread:
             async with self.reader.connect() as conn:
                 rows = await conn.run_sync(read_states, unread)

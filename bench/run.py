@@ -212,18 +212,7 @@ def webhook_receiver() -> Iterator[tuple[str, int]]:
     """A webhook receiver answering 204 at once (bench/receiver.py): its URL and process id."""
     port = _free_port()
     server = subprocess.Popen(
-        [
-            *(PYTHON, "-m", "uvicorn", "bench.receiver:app", "--port", str(port)),
-            *(
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ),
-        ],
+        [PYTHON, "-m", "bench.receiver", str(port)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -1,4 +1,5 @@
-"""`pigeon serve` runs its dispatch worker as a child process, kept running and tied to it."""
+"""`pigeon serve` runs its dispatch worker, and its webhook deliveries, as child processes,
+kept running and tied to it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import DEMO_ID, DEMO_KEY, make_server, wait_for_final
+from tests.conftest import DEMO_ID, DEMO_KEY, Server, make_server, wait_for_final
+from tests.fakes.receiver import Receiver
 
 WORKER_MODULE = "pigeon.dispatch.process"
 
@@ -45,14 +47,20 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited, only its parent has not reaped it
 
 
-def _worker_of(server_pid: int, timeout: float = 60) -> int:
+def _workers(server_pid: int) -> list[int]:
+    """The server's live worker children."""
+    return [p for p in _children(server_pid) if WORKER_MODULE in _command(p) and _alive(p)]
+
+
+def _worker_of(server_pid: int, role: str = "dispatch", timeout: float = 60) -> int:
+    """The server's child with this role (`python -m pigeon.dispatch.process FD ROLE`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        workers = [p for p in _children(server_pid) if WORKER_MODULE in _command(p)]
-        if workers and _alive(workers[0]):
+        workers = [p for p in _workers(server_pid) if _command(p).split()[-1] == role]
+        if workers:
             return workers[0]
         time.sleep(0.1)
-    raise AssertionError("pigeon serve has no worker process")
+    raise AssertionError(f"pigeon serve has no {role} worker process")
 
 
 def _send(client: httpx.Client, text: str) -> str:
@@ -144,4 +152,105 @@ def test_an_accepted_send_wakes_the_worker_process_at_once(tmp_path: Path) -> No
                 _delivered(client, _send(client, text))
                 assert time.monotonic() - started < 20
     finally:
+        assert server.stop()
+
+
+def _subscribe(client: httpx.Client, receiver: Receiver) -> str:
+    response = client.post("/v1/webhook-endpoints", json={"url": f"{receiver.url}/hook"})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _recorded(client: httpx.Client, endpoint_id: str, count: int) -> None:
+    """Wait until `count` deliveries to the endpoint are recorded as succeeded."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        items = client.get(f"/v1/webhook-endpoints/{endpoint_id}/deliveries").json()["items"]
+        if sum(item["state"] == "succeeded" for item in items) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} deliveries recorded")
+
+
+def _events_of(receiver: Receiver, message_id: str, timeout: float = 30) -> list[str]:
+    """The types of the message's events the receiver got, once it has sent and delivered
+    (in the order they were posted, which concurrent attempts need not keep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        types = [
+            r.event["type"]
+            for r in list(receiver.received)
+            if r.event["data"].get("messageId") == message_id
+        ]
+        if {"sms.message.sent", "sms.message.delivered"} <= set(types):
+            return sorted(types)
+        time.sleep(0.05)
+    raise AssertionError(f"no delivered event for {message_id}")
+
+
+def _delivering_pid(server: Server) -> int:
+    """The process whose deliveries started last: its id (host:pid:token) names it."""
+    started = [
+        line for line in server.log_path.read_text().splitlines() if "deliveries started" in line
+    ]
+    assert started, "no deliveries started"
+    return int(started[-1].split("worker=", 1)[1].split(":")[1])
+
+
+def test_serve_delivers_webhooks_from_a_child_of_their_own_restarted_when_it_dies(
+    tmp_path: Path,
+) -> None:
+    server = make_server(tmp_path)
+    server.start()
+    receiver = Receiver().start()
+    try:
+        assert server.process is not None
+        dispatch = _worker_of(server.process.pid, "dispatch")
+        deliveries = _worker_of(server.process.pid, "deliveries")
+        assert len(_workers(server.process.pid)) == 2
+        with server.client(DEMO_KEY) as client:
+            endpoint_id = _subscribe(client, receiver)
+            first = _send(client, "its events are posted by the deliveries process")
+            assert _events_of(receiver, first) == ["sms.message.delivered", "sms.message.sent"]
+            assert _delivering_pid(server) == deliveries
+            _recorded(client, endpoint_id, 2)
+
+            os.kill(deliveries, signal.SIGKILL)
+            replacement = _worker_of(server.process.pid, "deliveries")
+            assert replacement != deliveries
+            assert _worker_of(server.process.pid, "dispatch") == dispatch  # left alone
+            second = _send(client, "posted by the restarted one")
+            assert _events_of(receiver, second) == ["sms.message.delivered", "sms.message.sent"]
+            _recorded(client, endpoint_id, 4)
+            # The first message's events, recorded before the kill, were not posted again.
+            assert len(receiver.received) == 4
+        log = server.log_path.read_text()
+        assert "role=deliveries" in log.split("worker process exited: starting it again", 1)[1]
+    finally:
+        receiver.stop()
+        assert server.stop()
+    assert not _alive(replacement)
+    assert not _alive(dispatch)
+
+
+def test_pigeon_delivery_process_0_delivers_from_the_dispatch_workers_process(
+    tmp_path: Path,
+) -> None:
+    server = make_server(tmp_path, PIGEON_DELIVERY_PROCESS="0")
+    server.start()
+    receiver = Receiver().start()
+    try:
+        assert server.process is not None
+        worker = _worker_of(server.process.pid, "all")
+        assert _workers(server.process.pid) == [worker]
+        with server.client(DEMO_KEY) as client:
+            _subscribe(client, receiver)
+            message_id = _send(client, "dispatched and posted by one child")
+            assert _events_of(receiver, message_id) == [
+                "sms.message.delivered",
+                "sms.message.sent",
+            ]
+        assert _delivering_pid(server) == worker
+    finally:
+        receiver.stop()
         assert server.stop()

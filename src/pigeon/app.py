@@ -105,15 +105,20 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             await seed_demo(engine, settings)
         stop = asyncio.Event()
         worker_task = None
-        # The worker (dispatch and webhook deliveries) in a child process by default, where it
+        # The worker (dispatch and webhook deliveries) in child processes by default, where it
         # does not take turns with the accepts for this process's one thread.
         in_process = with_worker and not settings.worker_process
         deliveries = (
             DeliveryWorker(engine, settings, reader=reader, writer=writer) if in_process else None
         )
         if with_worker and not in_process:
-            svc.worker_process = WorkerProcess(settings)
+            # The webhook deliveries in a child of their own unless PIGEON_DELIVERY_PROCESS=0.
+            apart = settings.delivery_process
+            svc.worker_process = WorkerProcess(settings, "dispatch" if apart else "all")
             await svc.worker_process.start()
+            if apart:
+                svc.delivery_process = WorkerProcess(settings, "deliveries")
+                await svc.delivery_process.start()
         elif in_process:
             svc.worker = Worker(engine, settings, writer=writer, reader=reader)
             worker_task = asyncio.create_task(svc.worker.run(stop))
@@ -139,8 +144,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             if worker_task is not None and svc.worker is not None:
                 await worker_task
                 await svc.worker.aclose()
-            if svc.worker_process is not None:
-                await svc.worker_process.stop()
+            for child in (svc.worker_process, svc.delivery_process):
+                if child is not None:
+                    await child.stop()
             await stream_task
             if deliveries_task is not None and deliveries is not None:
                 await deliveries_task

@@ -328,7 +328,7 @@ def serve(
 
     # Before anything imports prometheus_client: every process then counts into the files
     # (the API processes, and the worker beside each unless it runs in the API's process).
-    processes = workers * 2 if worker and _settings().worker_process else workers
+    processes = workers * 3 if worker and _settings().worker_process else workers
     metrics_dir = multiproc.prepare(processes)
     try:
         _serve(host, port, worker=worker, workers=workers, migrate=migrate)

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     worker_enabled: bool = True
     # `pigeon serve`'s worker in a process of its own (`dispatch.process`), or in the API's.
     worker_process: bool = True
+    # With `worker_process`: the tenants' webhook deliveries in a child process of their own,
+    # beside the dispatch worker's (or in the same one).
+    delivery_process: bool = True
     worker_poll_interval: float = Field(default=0.25, gt=0)
     worker_batch_size: int = Field(default=500, ge=1, le=1000)
     worker_lease_seconds: float = Field(default=60.0, gt=0)

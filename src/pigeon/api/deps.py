@@ -41,6 +41,7 @@ class Services:
     cursors: Cursors
     worker: Worker | None = None  # the worker in this process, if it runs here
     worker_process: WorkerProcess | None = None  # or beside it
+    delivery_process: WorkerProcess | None = None  # the webhook deliveries, beside it
     # On SQLite the process applies one delivery-report POST at a time (`api.webhooks`).
     report_turn: asyncio.Lock | None = None
 

@@ -195,6 +195,7 @@ class DeliveryWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set; attempts under way finish and are recorded."""
+        log.info("deliveries started", worker=self.worker_id)
         while not stop.is_set():
             self.wake.clear()
             try:
@@ -211,6 +212,7 @@ class DeliveryWorker:
             self._released += [claim.delivery_id for claim in lane.queue]
             lane.queue.clear()
         await self.record()
+        log.info("deliveries stopped", worker=self.worker_id)
 
     def _pause(self) -> float:
         """Until the next round: the next claim, or the recording of what is waiting."""

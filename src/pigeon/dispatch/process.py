@@ -7,9 +7,17 @@ alone accepted 3,900. So `pigeon serve` runs its worker as a child process (`Wor
 on the machine's other core, and the two take turns only on the database's writes
 (`db.writer.ProcessTurns` on SQLite, row locks on PostgreSQL).
 
-The child is tied to its parent by a pipe: a byte on it wakes the worker at once when a
-message is accepted (instead of at its next poll), and its end of file, however the parent
-ended, even killed, stops the worker after its round. A child that dies is started again.
+The tenants' webhook deliveries run in a second child by default (`PIGEON_DELIVERY_PROCESS`):
+beside the dispatch in one process, each event's signed POST and its attempt's record took
+turns with the dispatch rounds on that process's one thread, and the dispatch then held the
+database's write turn longer, with the accepts waiting behind it (with an endpoint taking
+every event, `pigeon serve` accepted 960 sends a second with the deliveries in the worker's
+process, 1,180-1,250 with them in their own).
+
+Each child is tied to its parent by a pipe: a byte on it wakes the dispatch worker at once
+when a message is accepted (instead of at its next poll), and its end of file, however the
+parent ended, even killed, stops the child after its round. A child that dies is started
+again.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ log = structlog.get_logger("pigeon.worker")
 RESTART_FIRST = 1.0  # seconds before a dead worker is started again, doubling ...
 RESTART_MAX = 30.0  # ... up to this
 STOP_GRACE = 30.0  # seconds a stopping worker has to finish its round before SIGKILL
+# What a child runs: the dispatch worker (messages, CDP sync), the webhook deliveries, or both.
+ROLES = ("dispatch", "deliveries", "all")
 
 
 async def run_worker(
@@ -42,9 +52,13 @@ async def run_worker(
     concurrency: int = 1,
     metrics_port: int | None = None,
     parent_fd: int | None = None,
+    role: str = "all",
 ) -> None:
-    """Dispatch (messages, CDP sync, webhook deliveries) until SIGTERM or SIGINT; with
-    `parent_fd`, also until that pipe ends, waking at once on each byte read from it."""
+    """Dispatch (messages, CDP sync) and webhook deliveries, or one of them (`role`), until
+    SIGTERM or SIGINT; with `parent_fd`, also until that pipe ends, waking the dispatch at
+    once on each byte read from it."""
+    if role not in ROLES:
+        raise ValueError(f"a worker's role is one of {', '.join(ROLES)}, not {role!r}")
     from pigeon import metrics
     from pigeon.db.engine import create_engine, reader_for
     from pigeon.db.writer import writer_for
@@ -67,7 +81,8 @@ async def run_worker(
     # are decided on it).
     reader = reader_for(engine, settings.database_url)
     loops = [
-        Worker(engine, settings, registry, writer=writer, reader=reader) for _ in range(concurrency)
+        Worker(engine, settings, registry, writer=writer, reader=reader)
+        for _ in range(concurrency if role != "deliveries" else 0)
     ]
     if parent_fd is not None:
         os.set_blocking(parent_fd, False)
@@ -76,8 +91,11 @@ async def run_worker(
     if metrics_port is not None:
         exporter = await metrics.serve(engine, host="127.0.0.1", port=metrics_port)
     deliveries = DeliveryWorker(engine, settings, reader=reader, writer=writer)
+    runs = [w.run(stop) for w in loops]
+    if role != "dispatch":
+        runs.append(deliveries.run(stop))
     try:
-        await asyncio.gather(*(w.run(stop) for w in loops), deliveries.run(stop))
+        await asyncio.gather(*runs)
     finally:
         if parent_fd is not None:
             loop.remove_reader(parent_fd)
@@ -105,14 +123,18 @@ def _on_parent(fd: int, loops: Sequence[Worker], stop: asyncio.Event) -> None:
 
 
 class WorkerProcess:
-    """`pigeon serve`'s worker: a child process kept running beside the API.
+    """`pigeon serve`'s worker: a child process kept running beside the API, running the
+    dispatch, the webhook deliveries or both (`role`, one of ROLES).
 
     Its settings are the parent's environment (PIGEON_*), with the server's own host and
     port (the webhook URLs it gives providers name them).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, role: str = "all") -> None:
+        if role not in ROLES:
+            raise ValueError(f"a worker's role is one of {', '.join(ROLES)}, not {role!r}")
         self._settings = settings
+        self.role = role
         self._wake_fd: int | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._stopping = False
@@ -125,7 +147,7 @@ class WorkerProcess:
 
     def wake(self) -> None:
         """Tell the worker a message is waiting (never blocks: a full pipe is awake anyway)."""
-        if self._wake_fd is not None:
+        if self._wake_fd is not None and self.role != "deliveries":
             with contextlib.suppress(BlockingIOError, BrokenPipeError):
                 os.write(self._wake_fd, b"\0")
 
@@ -150,7 +172,7 @@ class WorkerProcess:
         try:
             await asyncio.wait_for(process.wait(), STOP_GRACE)
         except TimeoutError:
-            log.warning("worker did not stop in time: killed", pid=process.pid)
+            log.warning("worker did not stop in time: killed", pid=process.pid, role=self.role)
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
@@ -169,6 +191,7 @@ class WorkerProcess:
                 "-m",
                 "pigeon.dispatch.process",
                 str(read_fd),
+                self.role,
                 pass_fds=(read_fd,),
                 env=env,
                 # Out of the terminal's process group: Ctrl-C stops the API, which stops its
@@ -182,7 +205,7 @@ class WorkerProcess:
             os.close(read_fd)
         self._close_pipe()
         self._wake_fd = write_fd
-        log.info("worker process started", pid=self._process.pid)
+        log.info("worker process started", pid=self._process.pid, role=self.role)
 
     async def _supervise(self) -> None:
         pause = RESTART_FIRST
@@ -194,7 +217,9 @@ class WorkerProcess:
                 return
             if asyncio.get_running_loop().time() - started > RESTART_MAX:
                 pause = RESTART_FIRST  # it had been running well: not a crash loop
-            log.error("worker process exited: starting it again", code=code, after=pause)
+            log.error(
+                "worker process exited: starting it again", code=code, after=pause, role=self.role
+            )
             await asyncio.sleep(pause)
             pause = min(pause * 2, RESTART_MAX)
             try:
@@ -209,15 +234,17 @@ class WorkerProcess:
 
 
 def main(argv: Sequence[str]) -> None:
-    """The child's entry point: `python -m pigeon.dispatch.process FD`."""
+    """The child's entry point: `python -m pigeon.dispatch.process FD [ROLE]`."""
     from pigeon.dispatch.worker import tune_gc_for_batches
     from pigeon.logging import configure_logging
     from pigeon.serversecret import with_server_secret
 
+    role = argv[1] if len(argv) > 1 else "all"
     settings = with_server_secret(Settings())
-    configure_logging(settings.log_level, json=settings.log_json, process="worker")
+    named = "deliveries" if role == "deliveries" else "worker"
+    configure_logging(settings.log_level, json=settings.log_json, process=named)
     tune_gc_for_batches()
-    asyncio.run(run_worker(settings, parent_fd=int(argv[0])))
+    asyncio.run(run_worker(settings, parent_fd=int(argv[0]), role=role))
 
 
 if __name__ == "__main__":

@@ -314,7 +314,11 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Overrides PIGEON_HOST.")] = None,
     port: Annotated[int | None, typer.Option(help="Overrides PIGEON_PORT.")] = None,
     worker: Annotated[
-        bool, typer.Option("--worker/--no-worker", help="Run a dispatch worker in each process.")
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Run the dispatch worker and webhook deliveries beside each API process.",
+        ),
     ] = True,
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="API processes sharing the port (PostgreSQL).")
@@ -323,7 +327,7 @@ def serve(
         bool, typer.Option("--migrate/--no-migrate", help="Apply migrations first.")
     ] = True,
 ) -> None:
-    """Run the HTTP API (and, by default, the dispatch worker in the same process)."""
+    """Run the HTTP API (and, by default, its dispatch worker and webhook deliveries beside it)."""
     from pigeon import multiproc
 
     # Before anything imports prometheus_client: every process then counts into the files

@@ -144,9 +144,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             if worker_task is not None and svc.worker is not None:
                 await worker_task
                 await svc.worker.aclose()
-            for child in (svc.worker_process, svc.delivery_process):
-                if child is not None:
-                    await child.stop()
+            # Together: each finishes what it holds (a round, attempts under way) meanwhile.
+            children = (svc.worker_process, svc.delivery_process)
+            await asyncio.gather(*(child.stop() for child in children if child is not None))
             await stream_task
             if deliveries_task is not None and deliveries is not None:
                 await deliveries_task

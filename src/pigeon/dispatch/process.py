@@ -46,6 +46,11 @@ STOP_GRACE = 30.0  # seconds a stopping worker has to finish its round before SI
 ROLES = ("dispatch", "deliveries", "all")
 
 
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"a worker's role is one of {', '.join(ROLES)}, not {role!r}")
+
+
 async def run_worker(
     settings: Settings,
     *,
@@ -57,8 +62,7 @@ async def run_worker(
     """Dispatch (messages, CDP sync) and webhook deliveries, or one of them (`role`), until
     SIGTERM or SIGINT; with `parent_fd`, also until that pipe ends, waking the dispatch at
     once on each byte read from it."""
-    if role not in ROLES:
-        raise ValueError(f"a worker's role is one of {', '.join(ROLES)}, not {role!r}")
+    _check_role(role)
     from pigeon import metrics
     from pigeon.db.engine import create_engine, reader_for
     from pigeon.db.writer import writer_for
@@ -131,8 +135,7 @@ class WorkerProcess:
     """
 
     def __init__(self, settings: Settings, role: str = "all") -> None:
-        if role not in ROLES:
-            raise ValueError(f"a worker's role is one of {', '.join(ROLES)}, not {role!r}")
+        _check_role(role)
         self._settings = settings
         self.role = role
         self._wake_fd: int | None = None

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import DEMO_ID, DEMO_KEY, Server, make_server, wait_for_final
-from tests.fakes.receiver import Receiver
+from tests.fakes.receiver import Received, Receiver
 
 WORKER_MODULE = "pigeon.dispatch.process"
 
@@ -172,20 +172,15 @@ def _recorded(client: httpx.Client, endpoint_id: str, count: int) -> None:
     raise AssertionError(f"fewer than {count} deliveries recorded")
 
 
-def _events_of(receiver: Receiver, message_id: str, timeout: float = 30) -> list[str]:
-    """The types of the message's events the receiver got, once it has sent and delivered
-    (in the order they were posted, which concurrent attempts need not keep)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        types = [
-            r.event["type"]
-            for r in list(receiver.received)
-            if r.event["data"].get("messageId") == message_id
-        ]
-        if {"sms.message.sent", "sms.message.delivered"} <= set(types):
-            return sorted(types)
-        time.sleep(0.05)
-    raise AssertionError(f"no delivered event for {message_id}")
+def _events_of(receiver: Receiver, message_id: str) -> list[str]:
+    """The types of the message's events the receiver got, sorted, once it has sent and
+    delivered (concurrent attempts need not post them in order)."""
+
+    def types(requests: list[Received]) -> list[str]:
+        return [r.event["type"] for r in requests if r.event["data"].get("messageId") == message_id]
+
+    done = {"sms.message.sent", "sms.message.delivered"}
+    return sorted(types(receiver.wait_for(lambda got: done <= set(types(got)), timeout=30)))
 
 
 def _delivering_pid(server: Server) -> int:

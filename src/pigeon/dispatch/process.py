@@ -79,14 +79,16 @@ async def run_worker(
     # terminal's Ctrl-C.
     for signum in (signal.SIGTERM,) if parent_fd is not None else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    registry = ProviderRegistry(settings)
+    # Only what the role runs is built (the deliveries' HTTP client loads the CA bundle).
+    dispatching, posting = role != "deliveries", role != "dispatch"
+    registry = ProviderRegistry(settings) if dispatching else None
     writer = writer_for(engine, settings.database_url)
     # What the worker and the deliveries read, outside the write transactions (status changes
     # are decided on it).
     reader = reader_for(engine, settings.database_url)
     loops = [
         Worker(engine, settings, registry, writer=writer, reader=reader)
-        for _ in range(concurrency if role != "deliveries" else 0)
+        for _ in range(concurrency if dispatching else 0)
     ]
     if parent_fd is not None:
         os.set_blocking(parent_fd, False)
@@ -94,9 +96,9 @@ async def run_worker(
     exporter = None
     if metrics_port is not None:
         exporter = await metrics.serve(engine, host="127.0.0.1", port=metrics_port)
-    deliveries = DeliveryWorker(engine, settings, reader=reader, writer=writer)
+    deliveries = DeliveryWorker(engine, settings, reader=reader, writer=writer) if posting else None
     runs = [w.run(stop) for w in loops]
-    if role != "dispatch":
+    if deliveries is not None:
         runs.append(deliveries.run(stop))
     try:
         await asyncio.gather(*runs)
@@ -105,8 +107,10 @@ async def run_worker(
             loop.remove_reader(parent_fd)
         if exporter is not None:
             exporter.close()
-        await deliveries.aclose()
-        await registry.aclose()
+        if deliveries is not None:
+            await deliveries.aclose()
+        if registry is not None:
+            await registry.aclose()
         await writer.close()
         if reader is not engine:
             await reader.dispose()
@@ -150,7 +154,7 @@ class WorkerProcess:
 
     def wake(self) -> None:
         """Tell the worker a message is waiting (never blocks: a full pipe is awake anyway)."""
-        if self._wake_fd is not None and self.role != "deliveries":
+        if self._wake_fd is not None:
             with contextlib.suppress(BlockingIOError, BrokenPipeError):
                 os.write(self._wake_fd, b"\0")
 
